@@ -1,0 +1,47 @@
+"""Continual-learning metrics as pure functions of the accuracy matrix.
+
+R[i][j] is the test accuracy (%) on task j after training task i (j ≤ i); entries above the diagonal
+are ignored (they may be None). T = len(R).
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+Matrix = Sequence[Sequence[Optional[float]]]
+
+
+def average_accuracy(R: Matrix) -> float:
+    """ACC = 1/T Σ_j R[T-1][j].
+
+    Lopez-Paz & Ranzato, "Gradient Episodic Memory for Continual Learning", NeurIPS 2017.
+    """
+    T = len(R)
+    return sum(R[T - 1][j] for j in range(T)) / T
+
+
+def backward_transfer(R: Matrix) -> float:
+    """BWT = 1/(T-1) Σ_{j<T-1} (R[T-1][j] − R[j][j]); negative means forgetting, 0 for one task.
+
+    Lopez-Paz & Ranzato, "Gradient Episodic Memory for Continual Learning", NeurIPS 2017.
+    """
+    T = len(R)
+    if T < 2:
+        return 0.0
+    return sum(R[T - 1][j] - R[j][j] for j in range(T - 1)) / (T - 1)
+
+
+def forgetting(R: Matrix) -> float:
+    """F = 1/(T-1) Σ_{j<T-1} max_{i<T-1} (R[i][j] − R[T-1][j]), the drop from each task's best.
+
+    Chaudhry, Dokania, Ajanthan, Torr, "Riemannian Walk for Incremental Learning", ECCV 2018.
+    """
+    T = len(R)
+    if T < 2:
+        return 0.0
+    return sum(max(R[i][j] for i in range(j, T - 1)) - R[T - 1][j] for j in range(T - 1)) / (T - 1)
+
+
+def seen_accuracy(row: Sequence[float]) -> float:
+    """Mean accuracy over the tasks seen so far: the per-task signal early stopping watches."""
+    return sum(row) / len(row)

@@ -1,0 +1,213 @@
+"""NESS: learning in the null space of previous tasks' layer inputs.
+
+Pham, Vepakomma, Horváth, "Learning in the Null Space: Small Singular Values for Continual Learning",
+CPAL 2026 (arXiv 2602.21919). For each adapted layer with frozen weight W, the new task trains only A in
+W + A Bᵀ, where B spans the input directions with the smallest singular values over previous tasks, so
+for a previous input x the output moves by A (Bᵀ x), which is small. Pure functions for statistics and
+selection; ``NullSpaceAdapter`` for the layer; ``attach_adapters`` / ``merge_adapters`` for the model.
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import contextmanager
+from typing import Dict, Iterable, Iterator, Optional, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+AdaptedLayer = Union[nn.Linear, nn.Conv2d]
+
+
+def check_adaptable(layer: nn.Module, name: str = "layer") -> None:
+    """Only plain Linear and zero-padded, ungrouped Conv2d layers: their input rows are well defined."""
+    if isinstance(layer, nn.Conv2d):
+        if layer.groups != 1:
+            raise ValueError(f"{name}: Conv2d with groups={layer.groups} is not supported by NESS (groups must be 1)")
+        if isinstance(layer.padding, str) or layer.padding_mode != "zeros":
+            raise ValueError(f"{name}: Conv2d needs integer zero padding (got padding={layer.padding!r}, "
+                             f"padding_mode={layer.padding_mode!r})")
+    elif not isinstance(layer, nn.Linear):
+        raise ValueError(f"{name}: NESS adapts nn.Linear and nn.Conv2d, not {type(layer).__name__}")
+
+
+def input_rows(layer: AdaptedLayer, x: Tensor) -> Tensor:
+    """The rows of I for this layer: one per sample (Linear) or per output position (Conv2d).
+
+    A convolution's row is the zero-padded patch its kernel sees, with its stride and dilation,
+    flattened in the order of ``weight.view(d_out, -1)`` — exactly ``F.unfold``.
+    """
+    if isinstance(layer, nn.Conv2d):
+        patches = F.unfold(x, layer.kernel_size, dilation=layer.dilation, padding=layer.padding, stride=layer.stride)
+        return patches.transpose(1, 2).reshape(-1, patches.shape[1])
+    return x.reshape(-1, x.shape[-1])
+
+
+def input_width(layer: AdaptedLayer) -> int:
+    return layer.weight[0].numel()
+
+
+def gram(rows: Tensor) -> Tensor:
+    """IᵀI in float64 (rounding in float32 would swamp the smallest singular values)."""
+    rows = rows.detach().to(torch.float64)
+    return rows.T @ rows
+
+
+@contextmanager
+def recording_grams(layers: Dict[str, AdaptedLayer]) -> Iterator[Dict[str, Tensor]]:
+    """Within the block, every forward pass adds each layer's input Gram matrix to the yielded dict."""
+    grams: Dict[str, Tensor] = {}
+
+    def hook_for(name: str, layer: AdaptedLayer):
+        def hook(module: nn.Module, args: Tuple[Tensor, ...]) -> None:
+            g = gram(input_rows(layer, args[0]))
+            grams[name] = g if name not in grams else grams[name].add_(g)
+        return hook
+
+    handles = [layer.register_forward_pre_hook(hook_for(name, layer)) for name, layer in layers.items()]
+    try:
+        yield grams
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@torch.no_grad()
+def collect_grams(body: nn.Module, layers: Dict[str, AdaptedLayer], inputs: Iterable[Tensor]) -> Dict[str, Tensor]:
+    """All layers' Gram matrices from ONE forward pass of ``body`` over the input batches."""
+    was_training = body.training
+    body.eval()
+    try:
+        with recording_grams(layers) as grams:
+            for x in inputs:
+                body(x)
+    finally:
+        body.train(was_training)
+    return grams
+
+
+def spectrum(g: Tensor) -> Tuple[Tensor, Tensor]:
+    """Singular values of I (ascending) and the matching right singular vectors, from G = IᵀI.
+
+    Eigenvalues are clamped at zero before the square root: rounding makes tiny ones negative,
+    and sqrt of a negative would be NaN (the authors' code has this defect).
+    """
+    eigenvalues, vectors = torch.linalg.eigh(g.to(torch.float64))
+    return eigenvalues.clamp(min=0).sqrt(), vectors
+
+
+def select_rank(sigma: Tensor, threshold: Optional[float] = None, norm: str = "frobenius",
+                rank: Union[int, float, None] = None) -> int:
+    """How many of the smallest directions to adapt.
+
+    threshold rule: σᵢ ≤ ε·‖I‖, ‖I‖ Frobenius (√Σσᵢ², the paper) or nuclear (Σσᵢ, the authors' code);
+    rank rule: an int count, or a float fraction of d_in; both given: the smaller set.
+    ``sigma`` must be ascending (as ``spectrum`` returns it).
+    """
+    d_in = sigma.numel()
+    counts = []
+    if threshold is not None:
+        if norm == "frobenius":
+            scale = sigma.square().sum().sqrt()
+        elif norm == "nuclear":
+            scale = sigma.sum()
+        else:
+            raise ValueError(f"ness.norm={norm}: must be frobenius or nuclear")
+        counts.append(int((sigma <= threshold * scale).sum()))
+    if rank is not None:
+        counts.append(min(d_in, int(rank) if isinstance(rank, int) else int(math.floor(rank * d_in + 1e-9))))
+    if not counts:
+        raise ValueError("select_rank needs a threshold, a rank, or both")
+    return min(counts)
+
+
+class NullSpaceAdapter(nn.Module):
+    """A frozen Linear/Conv2d computing with W + A Bᵀ; only A (d_out × r, zero at start) trains."""
+
+    def __init__(self, base: AdaptedLayer, basis: Tensor):
+        super().__init__()
+        check_adaptable(base)
+        self.base = base
+        for p in base.parameters():
+            p.requires_grad_(False)
+        d_out = base.weight.shape[0]
+        self.register_buffer("basis", basis.to(base.weight.dtype).to(base.weight.device).contiguous())
+        self.A = nn.Parameter(torch.zeros(d_out, basis.shape[1], dtype=base.weight.dtype, device=base.weight.device))
+
+    @property
+    def rank(self) -> int:
+        return self.basis.shape[1]
+
+    def delta_weight(self) -> Tensor:
+        """A Bᵀ in the shape of the base weight."""
+        return (self.A @ self.basis.T).view_as(self.base.weight)
+
+    def forward(self, x: Tensor) -> Tensor:
+        base = self.base
+        if self.rank == 0:
+            return base(x)
+        if isinstance(base, nn.Conv2d):
+            # Forming A Bᵀ costs d_out·d_in·r once per batch, far below the convolution itself.
+            weight = base.weight + self.delta_weight()
+            return base._conv_forward(x, weight, base.bias)
+        rows = x.numel() // x.shape[-1]
+        d_out, d_in = base.weight.shape
+        if d_out * d_in <= rows * (d_in + d_out):
+            return F.linear(x, base.weight + self.delta_weight(), base.bias)
+        return base(x) + F.linear(F.linear(x, self.basis.T), self.A)  # low-rank path: x → Bᵀx → A(Bᵀx)
+
+    @torch.no_grad()
+    def merged(self) -> AdaptedLayer:
+        """The base layer with W ← W + A Bᵀ (A and B dropped)."""
+        if self.rank:
+            self.base.weight.add_(self.delta_weight())
+        return self.base
+
+
+def adaptable_layers(model: nn.Module) -> Dict[str, AdaptedLayer]:
+    """Every Linear / Conv2d of ``model.body`` (task heads are never adapted), by qualified name."""
+    layers = {}
+    for name, module in model.body.named_modules():
+        if isinstance(module, (nn.Linear, nn.Conv2d)):
+            check_adaptable(module, name)
+            layers[name] = module
+    return layers
+
+
+def _set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = root.get_submodule(parent_name) if parent_name else root
+    setattr(parent, child, module)
+
+
+def subspace_bases(grams: Dict[str, Tensor], threshold: Optional[float], norm: str,
+                   rank: Union[int, float, None]) -> Tuple[Dict[str, Tensor], Dict[str, float]]:
+    """Each layer's basis B (the selected smallest directions) and σ_max of the selected set."""
+    bases, sigma_max = {}, {}
+    for name, g in grams.items():
+        sigma, vectors = spectrum(g)
+        r = select_rank(sigma, threshold, norm, rank)
+        bases[name] = vectors[:, :r]
+        sigma_max[name] = float(sigma[r - 1]) if r else 0.0
+    return bases, sigma_max
+
+
+def attach_adapters(model: nn.Module, bases: Dict[str, Tensor]) -> Dict[str, NullSpaceAdapter]:
+    """Freeze the body and wrap each named layer in an adapter with the given basis (d_in × r)."""
+    for p in model.body.parameters():
+        p.requires_grad_(False)
+    layers = adaptable_layers(model)
+    adapters = {}
+    for name, basis in bases.items():
+        adapter = NullSpaceAdapter(layers[name], basis)
+        _set_submodule(model.body, name, adapter)
+        adapters[name] = adapter
+    return adapters
+
+
+def merge_adapters(model: nn.Module) -> None:
+    """W ← W + A Bᵀ for every adapter, leaving plain layers behind (outputs unchanged)."""
+    adapters = [(name, m) for name, m in model.body.named_modules() if isinstance(m, NullSpaceAdapter)]
+    for name, adapter in adapters:
+        _set_submodule(model.body, name, adapter.merged())

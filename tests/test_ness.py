@@ -1,0 +1,213 @@
+"""NESS's numerical guarantees, checked as properties against brute-force computations."""
+
+import itertools
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ness_sweep import ness
+
+torch.set_default_dtype(torch.float32)
+
+
+def low_energy_inputs(n: int, d: int, rank: int, noise: float, seed: int) -> torch.Tensor:
+    """Inputs that live (almost) in a rank-``rank`` subspace of R^d: a real null space to find."""
+    g = torch.Generator().manual_seed(seed)
+    basis = torch.linalg.qr(torch.randn(d, rank, generator=g))[0]
+    return torch.randn(n, rank, generator=g) @ basis.T + noise * torch.randn(n, d, generator=g)
+
+
+def brute_force_patches(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
+    """Each output position's receptive field, by explicit loops, in (c, ki, kj) order."""
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = conv.kernel_size, conv.stride, conv.padding, conv.dilation
+    padded = F.pad(x, (pw, pw, ph, ph))
+    n, c, h, w = padded.shape
+    out_h = (h - dh * (kh - 1) - 1) // sh + 1
+    out_w = (w - dw * (kw - 1) - 1) // sw + 1
+    rows = []
+    for b, i, j in itertools.product(range(n), range(out_h), range(out_w)):
+        patch = [padded[b, ch, i * sh + ki * dh, j * sw + kj * dw]
+                 for ch in range(c) for ki in range(kh) for kj in range(kw)]
+        rows.append(torch.stack(patch))
+    return torch.stack(rows)
+
+
+CONVS = [
+    dict(kernel_size=3, stride=1, padding=0, dilation=1),
+    dict(kernel_size=(3, 2), stride=(2, 1), padding=(1, 2), dilation=(2, 1)),
+    dict(kernel_size=2, stride=2, padding=1, dilation=2),
+]
+
+
+@pytest.mark.parametrize("geometry", CONVS)
+def test_unfolded_gram_equals_brute_force_patches(geometry):
+    torch.manual_seed(0)
+    conv = nn.Conv2d(3, 4, bias=False, **geometry)
+    x = torch.randn(2, 3, 7, 6)
+    rows = brute_force_patches(x, conv)
+    # The brute-force rows really are what the convolution multiplies by its weight...
+    out = conv(x).permute(0, 2, 3, 1).reshape(-1, 4)
+    torch.testing.assert_close(rows @ conv.weight.view(4, -1).T, out, rtol=1e-5, atol=1e-5)
+    # ...and the library's unfolded Gram matrix equals theirs.
+    expected = rows.double().T @ rows.double()
+    with ness.recording_grams({"conv": conv}) as grams:
+        conv(x)
+    torch.testing.assert_close(grams["conv"], expected, rtol=1e-10, atol=1e-10)
+
+
+def small_body():
+    return nn.Sequential(nn.Conv2d(2, 4, 3, padding=1, bias=False), nn.ReLU(), nn.Conv2d(4, 3, 2, stride=2),
+                         nn.Flatten(), nn.Linear(3 * 3 * 3, 5, bias=False), nn.ReLU(), nn.Linear(5, 4))
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body = small_body()
+        self.heads = nn.ModuleList([nn.Linear(4, 2), nn.Linear(4, 2)])
+
+    def forward(self, x, t):
+        return self.heads[t](self.body(x))
+
+
+def test_one_pass_statistics_equal_per_layer_passes():
+    torch.manual_seed(1)
+    net = Net()
+    layers = ness.adaptable_layers(net)
+    assert list(layers) == ["0", "2", "4", "6"]
+    data = [torch.randn(5, 2, 6, 6) for _ in range(3)]
+    calls = []
+    handle = net.body.register_forward_hook(lambda *args: calls.append(1))
+    together = ness.collect_grams(net.body, layers, data)
+    assert len(calls) == len(data)  # one forward per batch for all layers together
+    handle.remove()
+    for name, layer in layers.items():
+        alone = ness.collect_grams(net.body, {name: layer}, data)
+        torch.testing.assert_close(together[name], alone[name], rtol=0, atol=0)
+        assert together[name].dtype == torch.float64
+        assert together[name].shape == (ness.input_width(layer),) * 2
+
+
+def test_zero_adapters_leave_network_unchanged_and_merge_keeps_outputs():
+    torch.manual_seed(2)
+    net = Net().eval()
+    x = torch.randn(4, 2, 6, 6)
+    before = net(x, 0)
+    layers = ness.adaptable_layers(net)
+    bases = {name: torch.linalg.qr(torch.randn(ness.input_width(l), 3))[0] for name, l in layers.items()}
+    adapters = ness.attach_adapters(net, bases)
+    torch.testing.assert_close(net(x, 0), before, rtol=0, atol=0)
+    with torch.no_grad():
+        for adapter in adapters.values():
+            adapter.A.normal_()
+    adapted = net(x, 0)
+    assert (adapted - before).abs().max() > 1e-2  # the adapters do change the function
+    ness.merge_adapters(net)
+    assert not any(isinstance(m, ness.NullSpaceAdapter) for m in net.modules())
+    torch.testing.assert_close(net(x, 0), adapted, rtol=1e-5, atol=1e-5)
+
+
+def test_linear_adapter_low_rank_path_matches_merged_weight():
+    torch.manual_seed(3)
+    layer = nn.Linear(64, 64, bias=True)
+    adapter = ness.NullSpaceAdapter(layer, torch.linalg.qr(torch.randn(64, 5))[0])
+    with torch.no_grad():
+        adapter.A.normal_()
+    for n in (1, 500):  # one sample takes the low-rank path, many the merged weight
+        x = torch.randn(n, 64)
+        expected = F.linear(x, layer.weight + adapter.A @ adapter.basis.T, layer.bias)
+        torch.testing.assert_close(adapter(x), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_selection_rules_on_known_singular_values():
+    torch.manual_seed(4)
+    s = torch.tensor([0.01, 0.1, 1.0, 10.0], dtype=torch.float64)
+    u = torch.linalg.qr(torch.randn(6, 4, dtype=torch.float64))[0]
+    v = torch.linalg.qr(torch.randn(4, 4, dtype=torch.float64))[0]
+    inputs = u @ torch.diag(s) @ v.T
+    sigma, vectors = ness.spectrum(inputs.T @ inputs)
+    torch.testing.assert_close(sigma, s, rtol=1e-6, atol=1e-9)
+    # ‖I‖_F = sqrt(100.0101) ≈ 10.0005 and Σσ = 11.11: ε = 0.0095 keeps σ ≤ 0.0950 vs σ ≤ 0.1055.
+    assert ness.select_rank(sigma, 0.0095, "frobenius") == 1
+    assert ness.select_rank(sigma, 0.0095, "nuclear") == 2
+    assert ness.select_rank(sigma, 0.2, "frobenius") == 3
+    assert ness.select_rank(sigma, rank=3) == 3
+    assert ness.select_rank(sigma, rank=0.5) == 2
+    assert ness.select_rank(sigma, rank=1.0) == 4
+    assert ness.select_rank(sigma, 0.0095, "frobenius", rank=3) == 1  # both: the smaller set
+    assert ness.select_rank(sigma, 0.2, "frobenius", rank=2) == 2
+    # The selected vectors are the right singular vectors of the smallest singular values.
+    bases, sigma_max = ness.subspace_bases({"l": inputs.T @ inputs}, 0.0095, "nuclear", None)
+    torch.testing.assert_close((bases["l"].T @ v[:, :2]).abs().sum(0), torch.ones(2, dtype=torch.float64))
+    assert sigma_max["l"] == pytest.approx(0.1)
+
+
+def test_negative_eigenvalues_are_clamped_not_nan():
+    v = torch.linalg.qr(torch.randn(3, 3, dtype=torch.float64))[0]
+    g = v @ torch.diag(torch.tensor([-1e-12, 1.0, 4.0], dtype=torch.float64)) @ v.T
+    sigma, _ = ness.spectrum(g)
+    assert not torch.isnan(sigma).any()
+    assert sigma[0] == 0 and sigma[2] == pytest.approx(2.0)
+    assert ness.select_rank(sigma, 1e-3, "frobenius") == 1
+
+
+def train_new_task(layer, x_new, steps=200, lr=0.05):
+    """Fit the layer's trainable parameters to a random target on new inputs."""
+    target = torch.randn_like(layer(x_new)) * 3
+    params = [p for p in layer.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(params, lr=lr)
+    for _ in range(steps):
+        optimizer.zero_grad()
+        F.mse_loss(layer(x_new), target).backward()
+        optimizer.step()
+
+
+def layer_outputs(layer, x):
+    out = layer(x)
+    return out.permute(0, 2, 3, 1).reshape(-1, out.shape[1]) if out.dim() == 4 else out
+
+
+@pytest.mark.parametrize("kind", ["linear", "conv"])
+def test_null_space_update_bounds_change_on_previous_inputs(kind):
+    torch.manual_seed(5)
+    if kind == "linear":
+        layer = nn.Linear(24, 10, bias=False)
+        x_old = low_energy_inputs(400, 24, 12, 1e-3, seed=6)
+        x_new = torch.randn(200, 24)
+    else:
+        layer = nn.Conv2d(2, 6, 3, stride=1, bias=False)
+        # Old images are constant per channel: their patches span about two directions of 18.
+        g = torch.Generator().manual_seed(6)
+        x_old = torch.randn(40, 2, 1, 1, generator=g).expand(40, 2, 6, 6).contiguous()
+        x_old = x_old + 1e-3 * torch.randn(40, 2, 6, 6, generator=g)
+        x_new = torch.randn(40, 2, 6, 6)
+    finetuned = nn.Linear(24, 10, bias=False) if kind == "linear" else nn.Conv2d(2, 6, 3, bias=False)
+    finetuned.load_state_dict(layer.state_dict())
+    with torch.no_grad():
+        before = layer_outputs(layer, x_old)
+    with ness.recording_grams({"l": layer}) as grams:
+        layer(x_old)
+    bases, sigma_max = ness.subspace_bases(grams, 1e-2, "frobenius", None)
+    adapter = ness.NullSpaceAdapter(layer, bases["l"])
+    assert 0 < adapter.rank < ness.input_width(layer)
+    train_new_task(adapter, x_new)
+    train_new_task(finetuned, x_new)
+    with torch.no_grad():
+        a_norm = torch.linalg.matrix_norm(adapter.A, ord=2).item()
+        assert a_norm > 0.1  # A really trained
+        change = (layer_outputs(adapter, x_old) - before).norm(dim=1).max().item()
+        finetune_change = (layer_outputs(finetuned, x_old) - before).norm(dim=1).max().item()
+    bound = a_norm * sigma_max["l"]
+    assert change <= bound * (1 + 1e-4) + 1e-6
+    assert change < 0.05 * finetune_change
+
+
+def test_groups_and_unsupported_layers_are_clear_errors():
+    with pytest.raises(ValueError, match="groups=2"):
+        ness.check_adaptable(nn.Conv2d(4, 4, 3, groups=2))
+    with pytest.raises(ValueError, match="padding"):
+        ness.check_adaptable(nn.Conv2d(4, 4, 3, padding="same"))
+    with pytest.raises(ValueError, match="Conv1d"):
+        ness.check_adaptable(nn.Conv1d(4, 4, 3))

@@ -123,7 +123,13 @@ def select_rank(sigma: Tensor, threshold: Optional[float] = None, norm: str = "f
 
 
 class NullSpaceAdapter(nn.Module):
-    """A frozen Linear/Conv2d computing with W + A Bᵀ; only A (d_out × r, zero at start) trains."""
+    """A frozen Linear/Conv2d computing with W + A Bᵀ; only A (d_out × r, zero at start) trains.
+
+    Two equal ways to compute it: form W + A Bᵀ (costs d_out·d_in·r per batch, twice with the
+    backward pass), or route the input through the low-rank path x → Bᵀx → A(Bᵀx) beside the frozen
+    layer (costs r·(d_in + d_out) per input row, three times with the backward pass). Each batch takes
+    the cheaper one for its number of rows (samples, times output positions for a convolution).
+    """
 
     def __init__(self, base: AdaptedLayer, basis: Tensor):
         super().__init__()
@@ -132,8 +138,12 @@ class NullSpaceAdapter(nn.Module):
         for p in base.parameters():
             p.requires_grad_(False)
         d_out = base.weight.shape[0]
-        self.register_buffer("basis", basis.to(base.weight.dtype).to(base.weight.device).contiguous())
-        self.A = nn.Parameter(torch.zeros(d_out, basis.shape[1], dtype=base.weight.dtype, device=base.weight.device))
+        weight = base.weight
+        self.register_buffer("basis", basis.to(weight.dtype).to(weight.device).contiguous())
+        # Bᵀ laid out as a weight (r × d_in, or r × C × kh × kw): the first step of the low-rank path.
+        self.register_buffer("basis_weight", self.basis.T.reshape(basis.shape[1], *weight.shape[1:]).contiguous(),
+                             persistent=False)
+        self.A = nn.Parameter(torch.zeros(d_out, basis.shape[1], dtype=weight.dtype, device=weight.device))
 
     @property
     def rank(self) -> int:
@@ -143,19 +153,33 @@ class NullSpaceAdapter(nn.Module):
         """A Bᵀ in the shape of the base weight."""
         return (self.A @ self.basis.T).view_as(self.base.weight)
 
+    def _rows(self, x: Tensor) -> int:
+        base = self.base
+        if isinstance(base, nn.Linear):
+            return x.numel() // x.shape[-1]
+        positions = x.shape[0]
+        for size, k, s, p, d in zip(x.shape[-2:], base.kernel_size, base.stride, base.padding, base.dilation):
+            positions *= (size + 2 * p - d * (k - 1) - 1) // s + 1
+        return positions
+
+    def _low_rank_is_cheaper(self, rows: int) -> bool:
+        d_out, d_in = self.base.weight.shape[0], self.basis.shape[0]
+        merged = 2 * d_out * d_in * self.rank + 3 * rows * d_out * d_in
+        low_rank = 2 * rows * d_out * d_in + 3 * rows * self.rank * (d_in + d_out)
+        return low_rank < merged
+
     def forward(self, x: Tensor) -> Tensor:
         base = self.base
         if self.rank == 0:
             return base(x)
-        if isinstance(base, nn.Conv2d):
-            # Forming A Bᵀ costs d_out·d_in·r once per batch, far below the convolution itself.
-            weight = base.weight + self.delta_weight()
-            return base._conv_forward(x, weight, base.bias)
-        rows = x.numel() // x.shape[-1]
-        d_out, d_in = base.weight.shape
-        if d_out * d_in <= rows * (d_in + d_out):
-            return F.linear(x, base.weight + self.delta_weight(), base.bias)
-        return base(x) + F.linear(F.linear(x, self.basis.T), self.A)  # low-rank path: x → Bᵀx → A(Bᵀx)
+        conv = isinstance(base, nn.Conv2d)
+        if self._low_rank_is_cheaper(self._rows(x)):
+            if conv:
+                projected = F.conv2d(x, self.basis_weight, None, base.stride, base.padding, base.dilation)
+                return base(x) + F.conv2d(projected, self.A[:, :, None, None])
+            return base(x) + F.linear(F.linear(x, self.basis_weight), self.A)
+        weight = base.weight + self.delta_weight()
+        return base._conv_forward(x, weight, base.bias) if conv else F.linear(x, weight, base.bias)
 
     @torch.no_grad()
     def merged(self) -> AdaptedLayer:

@@ -86,8 +86,10 @@ class Trainer:
     def num_tasks(self) -> int:
         return len(self.stream.tasks)
 
-    def run(self, on_task_end: Optional[Callable[[TaskResult], None]] = None) -> RunResult:
-        for t in range(self.next_task, self.num_tasks):
+    def run(self, on_task_end: Optional[Callable[[TaskResult], None]] = None,
+            until: Optional[int] = None) -> RunResult:
+        """Train the remaining tasks (or up to task ``until``, counted from 1), evaluating after each."""
+        for t in range(self.next_task, until or self.num_tasks):
             started = time.perf_counter()
             ranks = self.pre_train(t)
             params = self.trainable_parameters(t)

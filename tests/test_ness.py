@@ -109,16 +109,24 @@ def test_zero_adapters_leave_network_unchanged_and_merge_keeps_outputs():
     torch.testing.assert_close(net(x, 0), adapted, rtol=1e-5, atol=1e-5)
 
 
-def test_linear_adapter_low_rank_path_matches_merged_weight():
+@pytest.mark.parametrize("layer", [nn.Linear(64, 48, bias=True),
+                                   nn.Conv2d(3, 8, (3, 2), stride=(2, 1), padding=(2, 1), dilation=(2, 1))])
+@pytest.mark.parametrize("low_rank", [True, False])
+def test_both_adapter_paths_compute_w_plus_a_bt(layer, low_rank, monkeypatch):
     torch.manual_seed(3)
-    layer = nn.Linear(64, 64, bias=True)
-    adapter = ness.NullSpaceAdapter(layer, torch.linalg.qr(torch.randn(64, 5))[0])
+    adapter = ness.NullSpaceAdapter(layer, torch.linalg.qr(torch.randn(ness.input_width(layer), 5))[0])
     with torch.no_grad():
         adapter.A.normal_()
-    for n in (1, 500):  # one sample takes the low-rank path, many the merged weight
-        x = torch.randn(n, 64)
-        expected = F.linear(x, layer.weight + adapter.A @ adapter.basis.T, layer.bias)
-        torch.testing.assert_close(adapter(x), expected, rtol=1e-5, atol=1e-5)
+    monkeypatch.setattr(adapter, "_low_rank_is_cheaper", lambda rows: low_rank)
+    weight = layer.weight + (adapter.A @ adapter.basis.T).view_as(layer.weight)
+    if isinstance(layer, nn.Linear):
+        x = torch.randn(7, 64)
+        expected = F.linear(x, weight, layer.bias)
+    else:
+        x = torch.randn(2, 3, 9, 7)
+        expected = F.conv2d(x, weight, layer.bias, layer.stride, layer.padding, layer.dilation)
+        assert adapter._rows(x) == expected.shape[0] * expected.shape[2] * expected.shape[3]
+    torch.testing.assert_close(adapter(x), expected, rtol=1e-5, atol=1e-5)
 
 
 def test_selection_rules_on_known_singular_values():

@@ -6,9 +6,11 @@ on its own task only. Bias-free layers, as in the reference networks of the GPM 
 
 from __future__ import annotations
 
-from typing import Callable, Dict, Sequence
+from collections import OrderedDict
+from typing import Callable, Dict, List, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .data import TaskStream
@@ -35,7 +37,82 @@ def mlp(stream: TaskStream, hidden: Sequence[int] = (256, 256)) -> MultiHeadNet:
     return MultiHeadNet(nn.Sequential(*layers), width, [t.num_classes for t in stream.tasks])
 
 
-BUILDERS: Dict[str, Callable[[TaskStream], MultiHeadNet]] = {"mlp": mlp}
+def _batch_norm(channels: int) -> nn.BatchNorm2d:
+    """Normalised by each batch's own statistics at train and test time alike, as in the GPM family:
+    no running averages gathered on one task get applied to another."""
+    return nn.BatchNorm2d(channels, track_running_stats=False)
+
+
+def _flat_width(body: nn.Module, input_shape: Sequence[int]) -> int:
+    """The width of ``body``'s flattened output, from one dummy batch (not by hand-kept arithmetic)."""
+    with torch.no_grad():
+        return body(torch.zeros(2, *input_shape)).shape[1]
+
+
+def _alexnet_stage(index: int, c_in: int, c_out: int, kernel: int, dropout: float) -> List[tuple]:
+    """Convolution → batch norm → ReLU → dropout → 2×2 max-pool."""
+    return [(f"conv{index}", nn.Conv2d(c_in, c_out, kernel, bias=False)), (f"bn{index}", _batch_norm(c_out)),
+            (f"relu{index}", nn.ReLU()), (f"drop{index}", nn.Dropout(dropout)), (f"pool{index}", nn.MaxPool2d(2))]
+
+
+def alexnet(stream: TaskStream) -> MultiHeadNet:
+    """The 5-layer AlexNet of the GPM family (Saha et al., ICLR 2021) for Split CIFAR-100.
+
+    conv 64/128/256 (kernels 4/3/2) → fc 2048 → fc 2048 → one head per task: 5 adapted layers.
+    """
+    channels = stream.input_shape[0]
+    features = (_alexnet_stage(1, channels, 64, 4, 0.2) + _alexnet_stage(2, 64, 128, 3, 0.2)
+                + _alexnet_stage(3, 128, 256, 2, 0.5) + [("flatten", nn.Flatten())])
+    width = _flat_width(nn.Sequential(OrderedDict(features)), stream.input_shape)
+    classifier = []
+    for index, (d_in, d_out) in enumerate([(width, 2048), (2048, 2048)], start=1):
+        classifier += [(f"fc{index}", nn.Linear(d_in, d_out, bias=False)),
+                       (f"fc_bn{index}", nn.BatchNorm1d(d_out, track_running_stats=False)),
+                       (f"fc_relu{index}", nn.ReLU()), (f"fc_drop{index}", nn.Dropout(0.5))]
+    body = nn.Sequential(OrderedDict(features + classifier))
+    return MultiHeadNet(body, 2048, [t.num_classes for t in stream.tasks])
+
+
+class BasicBlock(nn.Module):
+    """Two 3×3 convolutions around a residual connection; where the shape changes, the shortcut is a
+    1×1 convolution (an ``nn.Conv2d`` in the body, so NESS adapts it like the others)."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = _batch_norm(c_out)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, stride=1, padding=1, bias=False)
+        self.bn2 = _batch_norm(c_out)
+        if stride == 1 and c_in == c_out:
+            self.shortcut = nn.Identity()
+        else:
+            self.shortcut = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride=stride, bias=False), _batch_norm(c_out))
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        return F.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
+
+
+def resnet18(stream: TaskStream, base_filters: int = 20) -> MultiHeadNet:
+    """The reduced ResNet-18 (GEM, Lopez-Paz & Ranzato 2017; GPM) for 5-Datasets and MiniImageNet.
+
+    20 base filters; the first convolution has stride 1 on 32×32 inputs and stride 2 on larger ones
+    (84×84 MiniImageNet), then four stages of two blocks and a 2×2 average pool before the heads.
+    """
+    stem_stride = 1 if stream.input_shape[-1] <= 32 else 2
+    layers = [("conv1", nn.Conv2d(stream.input_shape[0], base_filters, 3, stride=stem_stride, padding=1, bias=False)),
+              ("bn1", _batch_norm(base_filters)), ("relu", nn.ReLU())]
+    c_in = base_filters
+    for stage, (multiplier, stride) in enumerate([(1, 1), (2, 2), (4, 2), (8, 2)], start=1):
+        c_out = base_filters * multiplier
+        layers.append((f"layer{stage}", nn.Sequential(BasicBlock(c_in, c_out, stride), BasicBlock(c_out, c_out, 1))))
+        c_in = c_out
+    layers += [("pool", nn.AvgPool2d(2)), ("flatten", nn.Flatten())]
+    body = nn.Sequential(OrderedDict(layers))
+    return MultiHeadNet(body, _flat_width(body, stream.input_shape), [t.num_classes for t in stream.tasks])
+
+
+BUILDERS: Dict[str, Callable[[TaskStream], MultiHeadNet]] = {"mlp": mlp, "alexnet": alexnet, "resnet18": resnet18}
 
 
 def build_model(name: str, stream: TaskStream) -> MultiHeadNet:

@@ -1,0 +1,219 @@
+"""W&B dashboards of a sweep: one W&B run per trial, and one sweep-level run holding the results table.
+
+Everything is logged from the driver by a Tune callback: the whole sweep talks to one W&B service
+(tens of milliseconds a trial), and trials on other machines need neither wandb nor a key. Offline
+runs land in ``<sweep dir>/wandb``; ``sync_hint`` names the one command that uploads them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import netrc
+import os
+import shlex
+from typing import Any, Dict, List, Optional
+from urllib.parse import urlparse
+
+import pyarrow.fs as pafs
+from omegaconf import DictConfig
+from PIL import Image, ImageDraw, ImageFont
+from ray import tune
+
+from . import results, sweep
+from .config import ConfigError, resolved
+
+# The trial's final report, kept in its run summary (the *_std only come with several seeds).
+SUMMARY_KEYS = ("acc", "acc_std", "bwt", "bwt_std", "forgetting", "forgetting_std", "trainable_params", "seconds")
+# Per-task charts, all against the number of tasks finished.
+PER_TASK_KEYS = ("acc_seen", "acc_task/*", "rank/*")
+# What the sweep-level table holds besides the config columns: enough for ACC-against-BWT views.
+TABLE_METRICS = ("acc", "bwt", "forgetting", "seconds")
+SUMMARY_JOB_TYPE = "sweep-summary"
+HEATMAP_CELL = 44  # pixels
+HEATMAP_MARGIN = 56  # pixels left of and above the cells, for the labels
+
+
+def check_login(cfg: DictConfig) -> None:
+    """``wandb.mode=online`` without credentials would fail in the middle of the sweep: say so before any work.
+
+    Looks where wandb does (WANDB_API_KEY or an identity token, its settings files, the .netrc that
+    ``wandb login`` writes) without asking the server: ``wandb.login`` would, and wait on the network.
+    """
+    if cfg.wandb.mode != "online":
+        return
+    import wandb
+
+    settings = wandb.setup().settings
+    if not (settings.api_key or settings.identity_token_file or _netrc_has(settings.base_url)):
+        raise ConfigError("wandb.mode=online: no W&B API key found; set WANDB_API_KEY or run `wandb login`, "
+                          "or keep wandb.mode=offline and upload the runs later with `wandb sync`")
+
+
+def _netrc_has(url: str) -> bool:
+    path = os.environ.get("NETRC") or os.path.expanduser("~/.netrc")
+    try:
+        return netrc.netrc(path).authenticators(urlparse(url).hostname) is not None
+    except FileNotFoundError:
+        return False
+    except (netrc.NetrcParseError, OSError):
+        return True  # unreadable here: let wandb judge it
+
+
+def sync_hint(cfg: DictConfig, sweep_dir: str) -> Optional[str]:
+    """The line telling how to upload a sweep's offline runs: ``wandb sync`` given a wandb folder syncs every
+    run in it."""
+    if cfg.wandb.mode != "offline":
+        return None
+    fs, path = results.filesystem_and_path(sweep_dir)
+    if not isinstance(fs, pafs.LocalFileSystem):
+        return (f"W&B offline runs are in {sweep_dir}/wandb; copy that folder to a machine with network "
+                "access and run: wandb sync FOLDER")
+    return f"upload the W&B offline runs with: {shlex.join(['wandb', 'sync', f'{path}/wandb'])}"
+
+
+def heatmap(matrix: List[List[Optional[float]]]) -> Image.Image:
+    """The accuracy matrix R as a picture: row i after task i, column j task j, darker is more accurate."""
+    size = len(matrix)
+    side = HEATMAP_MARGIN + size * HEATMAP_CELL
+    image = Image.new("RGB", (side, side), "white")
+    draw = ImageDraw.Draw(image)
+    font = ImageFont.load_default()
+    pale, dark = (247, 251, 255), (8, 48, 107)
+    for k in range(size):
+        middle = HEATMAP_MARGIN + k * HEATMAP_CELL + HEATMAP_CELL // 2
+        _centred_text(draw, font, (middle, HEATMAP_MARGIN // 2), f"task {k + 1}", "black")
+        _centred_text(draw, font, (HEATMAP_MARGIN // 2, middle), f"after {k + 1}", "black")
+    for i, row in enumerate(matrix):
+        for j, value in enumerate(row):
+            left, top = HEATMAP_MARGIN + j * HEATMAP_CELL, HEATMAP_MARGIN + i * HEATMAP_CELL
+            box = (left, top, left + HEATMAP_CELL - 2, top + HEATMAP_CELL - 2)
+            if value is None:
+                draw.rectangle(box, fill=(235, 235, 235))
+                continue
+            share = min(max(value / 100.0, 0.0), 1.0)
+            colour = tuple(round(p + share * (d - p)) for p, d in zip(pale, dark))
+            draw.rectangle(box, fill=colour)
+            _centred_text(draw, font, (left + HEATMAP_CELL // 2 - 1, top + HEATMAP_CELL // 2 - 1), f"{value:.1f}",
+                          "white" if share > 0.55 else "black")
+    return image
+
+
+def _centred_text(draw: ImageDraw.ImageDraw, font, centre, text: str, fill: str) -> None:
+    """Centre by the text's box: Pillow's anchors need FreeType, which a Pillow build may lack."""
+    left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
+    draw.text((centre[0] - (left + right) / 2, centre[1] - (top + bottom) / 2), text, fill=fill, font=font)
+
+
+def matrix_columns(size: int) -> List[str]:
+    return ["after_task", *(f"task_{j + 1}" for j in range(size))]
+
+
+@contextlib.contextmanager
+def artifacts_staged_in(directory: str):
+    """W&B copies every logged table into a staging folder that ``wandb sync`` uploads later; by default that
+    folder is in the home directory. Staging beside the runs keeps a sweep's W&B data in one place."""
+    before = os.environ.get("WANDB_DATA_DIR")
+    os.environ["WANDB_DATA_DIR"] = directory
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("WANDB_DATA_DIR", None)
+        else:
+            os.environ["WANDB_DATA_DIR"] = before
+
+
+class WandbRuns(tune.Callback):
+    """One W&B run per trial in the sweep's group, and a ``<sweep>-summary`` run at the end.
+
+    A trial's run holds its full resolved config; after each task ``task``, ``acc_seen``, each seen task's
+    accuracy (``acc_task/N``) and the rank chosen per layer (``rank/LAYER``); at the end the summary holds
+    the final metrics, the accuracy matrix as a table and as a heatmap. The summary run holds the results
+    table, read from ``results.parquet``: list this callback after ``ResultsTable``, which writes it when
+    the experiment ends.
+    """
+
+    def __init__(self, plan, directory: str):
+        self.plan, self.directory = plan, directory
+        self.runs: Dict[str, Any] = {}
+
+    @property
+    def _wandb_dir(self) -> str:
+        """The folder W&B makes in ``directory``: its runs, and the tables they stage for upload."""
+        return os.path.join(self.directory, "wandb")
+
+    def setup(self, **info):
+        import wandb
+
+        self.wandb = wandb
+        self.settings = wandb.Settings(silent=True, console="off", x_save_requirements=False, x_disable_stats=True,
+                                       x_disable_machine_info=True, disable_git=True, disable_code=True)
+
+    def _init(self, name: str, config: Dict[str, Any], job_type: Optional[str] = None):
+        cfg = self.plan.cfg
+        return self.wandb.init(
+            mode=cfg.wandb.mode, project=cfg.wandb.project, entity=cfg.wandb.entity,
+            group=cfg.wandb.group or self.plan.name, name=name, job_type=job_type, dir=self.directory,
+            config=config, reinit="create_new", settings=self.settings)
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        if trial.trial_id in self.runs:
+            return
+        config = resolved(sweep.trial_run_config(self.plan.run_settings(), trial.config))
+        config["seeds"] = self.plan.seeds
+        run = self._init(trial.trial_id, config)
+        for key in PER_TASK_KEYS:
+            run.define_metric(key, step_metric="task")
+        self.runs[trial.trial_id] = run
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        run = self.runs.get(trial.trial_id)
+        if run is None or "acc_seen" not in result:
+            return
+        logged = {"task": result["task"], "acc_seen": result["acc_seen"]}
+        logged.update({f"acc_task/{j + 1}": acc for j, acc in enumerate(result.get("acc_row", []))})
+        logged.update({f"rank/{layer}": rank for layer, rank in result.get("task_ranks", {}).items()})
+        run.log(logged)
+
+    def _finish(self, trial, status: str) -> None:
+        run = self.runs.pop(trial.trial_id, None)
+        if run is None:
+            return
+        result = trial.last_result or {}
+        summary: Dict[str, Any] = {key: result[key] for key in SUMMARY_KEYS if key in result}
+        summary["status"] = status
+        matrix = result.get("acc_matrix")
+        if matrix:
+            summary["acc_matrix"] = self.wandb.Table(
+                columns=matrix_columns(len(matrix)), data=[[i + 1, *row] for i, row in enumerate(matrix)])
+            summary["acc_matrix_heatmap"] = self.wandb.Image(
+                heatmap(matrix), caption="accuracy (%) on task j (columns) after task i (rows)")
+        with artifacts_staged_in(self._wandb_dir):
+            run.summary.update(summary)
+        run.finish()
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self._finish(trial, sweep.trial_status(trial.last_result))
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._finish(trial, "ERROR")
+
+    def on_experiment_end(self, trials, **info):
+        for trial in trials:
+            self._finish(trial, "UNFINISHED")
+        self.log_results_table()
+
+    def log_results_table(self) -> None:
+        """The sweep-level run: every trial's config columns, status and final metrics in one table,
+        with ACC against BWT as a scatter plot."""
+        table = results.read_table(self.plan.sweep_dir)
+        meta = results.sweep_metadata(table)
+        columns = ["trial_id", "status", *meta["config_columns"], *TABLE_METRICS]
+        rows = [[row[c] for c in columns] for row in table.to_pylist()]
+        config = {key: meta[key] for key in ("space", "metrics", "modes", "searched")}
+        run = self._init(f"{self.plan.name}-summary", {**config, "trials": len(rows)}, job_type=SUMMARY_JOB_TYPE)
+        wandb_table = self.wandb.Table(columns=columns, data=rows)
+        with artifacts_staged_in(self._wandb_dir):
+            run.log({"results": wandb_table,
+                     "acc_vs_bwt": self.wandb.plot.scatter(wandb_table, "bwt", "acc", title="ACC against BWT")})
+        run.finish()

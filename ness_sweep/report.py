@@ -1,0 +1,43 @@
+"""``python -m ness_sweep.report DIR [top=N]``: a sweep's leaderboard from its Parquet table alone.
+
+DIR is OUTPUT_DIR/SWEEP_NAME (or the results.parquet file itself), a local path or a URI. Prints what
+the sweep printed at its end: the best trials, or the Pareto front for several objectives, and the
+``python -m ness_sweep.train ...`` line that reruns the best configuration. Works while a sweep runs too.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import List, Optional
+
+import pyarrow as pa
+
+from .config import ConfigError
+from .results import leaderboard, read_table
+
+USAGE = "usage: python -m ness_sweep.report DIR [top=N]   (DIR: OUTPUT_DIR/SWEEP_NAME, local or a URI)"
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if any(a in ("-h", "--help", "help") for a in argv):
+        print(USAGE)
+        return 0
+    try:
+        if len(argv) not in (1, 2) or (len(argv) == 2 and not argv[1].startswith("top=")):
+            raise ConfigError(USAGE)
+        top = int(argv[1][4:]) if len(argv) == 2 and argv[1][4:].isdigit() else 5
+        if len(argv) == 2 and not argv[1][4:].isdigit():
+            raise ConfigError(f"{argv[1]}: top must be a whole number")
+        print(leaderboard(read_table(argv[0]), top))
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except (pa.ArrowException, OSError) as error:
+        print(f"error: {argv[0]}: cannot read the results table: {str(error).splitlines()[0]}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,145 @@
+"""Sweep speed: a Ray Tune sweep against the same trials in a plain Python loop, and Tune's overhead per trial.
+
+    python perf/sweep.py [trials=32] [space=rank_threshold] [key=value ...]
+
+Runs, in one go and on the same configurations:
+  1. the sweep (FIFO, so that every trial trains to the end; 2 trials at a time on 2 CPUs), W&B offline;
+  2. the same sweep with W&B disabled;
+  3. the first sweep's configurations one after another in a plain loop of ``Trainer.run`` in this process;
+  4. the same configurations split over two plain Python processes (no Ray, one thread each): the best
+     that two concurrent trials can do on this machine.
+Prints a Markdown table for the README. Wall times count from the call (data loading, Ray start, Tune,
+the table; process start for the two plain processes). Framework overhead per trial is
+(sweep wall time - sum of trial compute / concurrency) / trials, with trial compute the trainer's own
+time inside each trial. W&B's cost per trial: the two sweeps' wall-time difference over the trials (end to
+end, its service's CPU included, but noisy), and, exactly, the driver time spent in the W&B callback.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # before Ray is imported: loopback only
+os.environ.setdefault("WANDB_MODE", "offline")
+
+import torch  # noqa: E402
+
+from ness_sweep import dashboards, sweep  # noqa: E402
+from ness_sweep.data import load_stream  # noqa: E402
+from ness_sweep.trainer import Trainer  # noqa: E402
+
+
+def timed_sweep(args, output_dir, name):
+    plan = sweep.build_plan([*args, f"sweep.name={name}", f"output_dir={output_dir}"])
+    outcome = sweep.run_sweep(plan, out=lambda line: None)
+    rows = outcome.table.to_pylist()
+    compute = sum(r["seconds"] for r in rows)
+    overhead = (outcome.seconds - compute / outcome.concurrency) / len(rows)
+    return plan, rows, {"wall": outcome.seconds, "compute": compute, "concurrency": outcome.concurrency,
+                        "overhead": overhead}
+
+
+def time_wandb_callback():
+    """Driver time spent in the W&B callback's hooks (Tune waits for them): per trial, and once per sweep."""
+    spent = {"trials": collections.defaultdict(float), "once": 0.0}
+    for hook in ("setup", "on_trial_start", "on_trial_result", "on_trial_complete", "on_trial_error",
+                 "on_experiment_end"):
+        def timed(self, *args, original=getattr(dashboards.WandbRuns, hook), **kwargs):
+            started = time.perf_counter()
+            try:
+                return original(self, *args, **kwargs)
+            finally:
+                seconds = time.perf_counter() - started
+                if "trial" in kwargs:
+                    spent["trials"][kwargs["trial"].trial_id] += seconds
+                else:
+                    spent["once"] += seconds
+        setattr(dashboards.WandbRuns, hook, timed)
+    return spent
+
+
+def loop(plan_args, params_list):
+    """Train the configurations one after another in this process; returns (seconds, ACCs)."""
+    plan = sweep.build_plan(plan_args)
+    started = time.perf_counter()
+    settings = plan.run_settings()
+    stream = load_stream(plan.cfg.benchmark, plan.cfg.data_root, plan.seeds[0], plan.cfg.train.valid_fraction,
+                         plan.cfg.task_order)
+    accs = [Trainer(sweep.trial_run_config(settings, params), stream, log=None).run().to_dict()["acc"]
+            for params in params_list]
+    return time.perf_counter() - started, accs
+
+
+def two_processes(plan_args, params_list, scratch: Path) -> float:
+    """Half the configurations in each of two fresh Python processes, one thread each, side by side."""
+    halves = [params_list[0::2], params_list[1::2]]
+    started = time.perf_counter()
+    children = []
+    for i, half in enumerate(halves):
+        job = scratch / f"half{i}.json"
+        job.write_text(json.dumps({"args": plan_args, "params": half}))
+        children.append(subprocess.Popen([sys.executable, os.path.abspath(__file__), "--loop", str(job)],
+                                         env={**os.environ, "OMP_NUM_THREADS": "1"}, cwd=scratch))
+    assert all(child.wait() == 0 for child in children)
+    return time.perf_counter() - started
+
+
+def progress(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def main(argv):
+    if argv[:1] == ["--loop"]:
+        job = json.loads(Path(argv[1]).read_text())
+        loop(job["args"], job["params"])
+        return
+    options = dict(a.split("=", 1) for a in argv if a.startswith(("trials=", "space=")))
+    extra = [a for a in argv if not a.startswith(("trials=", "space="))]
+    trials = int(options.get("trials", 32))
+    args = [f"space={options.get('space', 'rank_threshold')}", f"sweep.num_samples={trials}", "sweep.scheduler=fifo",
+            *extra]
+    with tempfile.TemporaryDirectory() as scratch:
+        in_wandb = time_wandb_callback()
+        plan, rows, offline = timed_sweep(args, scratch, "wandb_offline")
+        progress(f"sweep, W&B offline: {offline}")
+        _, _, disabled = timed_sweep([*args, "wandb.mode=disabled"], scratch, "wandb_disabled")
+        progress(f"sweep, W&B disabled: {disabled}")
+        params_list = [{key: row[key] for key in plan.space.search} for row in rows]
+        plan_args = [*args, f"output_dir={scratch}"]
+        loop_seconds, accs = loop(plan_args, params_list)
+        progress(f"plain loop: {loop_seconds:.1f} s")
+        pair_seconds = two_processes(plan_args, params_list, Path(scratch))
+        progress(f"two plain processes: {pair_seconds:.1f} s")
+    same = sum(abs(a - r["acc"]) < 1e-9 for a, r in zip(accs, rows))
+    print(f"{trials} trials of {plan.space.source} ({plan.cfg.benchmark}, train.epochs={plan.cfg.train.epochs}, FIFO), "
+          f"{offline['concurrency']} at a time with trial.cpu={plan.cfg.trial.cpu}, on {sweep.machine_cpus()} CPUs, "
+          f"torch {torch.__version__}; mean trial compute {offline['compute'] / trials:.2f} s in the sweep; "
+          f"loop ACC equal to the sweep's for {same}/{trials} trials (the loop uses {torch.get_num_threads()} threads)")
+    print()
+    print("| run | wall time (s) | speed-up vs loop | Σ trial compute (s) | framework overhead per trial (s) |")
+    print("|---|---:|---:|---:|---:|")
+    for label, run in (("sweep, W&B offline (default)", offline), ("sweep, W&B disabled", disabled)):
+        print(f"| {label} | {run['wall']:.1f} | {loop_seconds / run['wall']:.2f}× | {run['compute']:.1f} | "
+              f"{run['overhead']:.2f} |")
+    print(f"| plain loop, one process | {loop_seconds:.1f} | 1.00× | | |")
+    print(f"| two plain processes, no Ray (this machine's ceiling) | {pair_seconds:.1f} | "
+          f"{loop_seconds / pair_seconds:.2f}× | | |")
+    print()
+    per_trial = sorted(in_wandb["trials"].values())
+    print(f"W&B offline against disabled, same trials: {(offline['wall'] - disabled['wall']) / trials:+.2f} s of wall "
+          f"time per trial, end to end, W&B's service sharing the CPUs with the trials (Σ trial compute "
+          f"{offline['compute'] - disabled['compute']:+.1f} s). Driver time in the W&B callback: median "
+          f"{statistics.median(per_trial):.3f} s a trial (at most {per_trial[-1]:.3f} s: the first run starts the "
+          f"W&B service), and {in_wandb['once']:.2f} s once a sweep (setup, the sweep-level run)")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -614,8 +614,11 @@ def connect_ray(plan: SweepPlan) -> bool:
         address = plan.cfg.ray.address or os.environ["RAY_ADDRESS"]
         try:
             ray.init(address=address, **quiet)
-        except ConnectionError as error:  # e.g. nothing there, or a token-auth cluster without RAY_AUTH_MODE=token
+        except ray.exceptions.AuthenticationError as error:  # RAY_AUTH_MODE=token but no token here
             raise ConfigError(f"ray.address={address}: {_first_line(error)}") from None
+        except ConnectionError as error:  # nothing there, or a token-auth cluster and no (or another) token here
+            raise ConfigError(f"ray.address={address}: {_first_line(error)}; a cluster with token authentication "
+                              "needs RAY_AUTH_MODE=token and its token (RAY_AUTH_TOKEN or ~/.ray/auth_token)") from None
         return True
     trial = plan.cfg.trial
     cpus = machine_cpus()
@@ -643,7 +646,13 @@ def check_local_resources(cfg: DictConfig) -> None:
 
 
 def concurrency(plan: SweepPlan) -> int:
-    """Trials at once: what the Ray cluster's CPUs and GPUs hold, capped by sweep.max_concurrent."""
+    """Trials at once: what the Ray cluster's CPUs and GPUs hold, capped by sweep.max_concurrent.
+
+    On a cluster sweep.max_concurrent decides alone: an autoscaler adds nodes for waiting trials, so
+    what is up when the sweep starts says nothing of what it will have.
+    """
+    if joins_cluster(plan.cfg) and plan.cfg.sweep.max_concurrent:
+        return plan.cfg.sweep.max_concurrent
     available = ray.cluster_resources()
     trial = plan.cfg.trial
     fits = math.floor(available.get("CPU", 1) / trial.cpu + 1e-9)

@@ -188,8 +188,6 @@ def test_driver_with_a_wrong_token_is_refused_before_writing(cluster, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.xfail(strict=True, reason="connect_ray turns ConnectionError into a one-line error, not Ray's "
-                   "AuthenticationError (RAY_AUTH_MODE=token and no token anywhere): a traceback and exit code 1")
 def test_driver_without_any_token_gets_a_one_line_error(cluster, tmp_path):
     env = {key: value for key, value in cluster.env.items() if key != "RAY_AUTH_TOKEN"}
     env["HOME"] = str(tmp_path)  # no ~/.ray/auth_token either

@@ -50,6 +50,7 @@ METRIC_COLUMNS = [
     ("trainable_params", pa.list_(pa.int64())),  # per task (the first seed's)
     ("seconds", pa.float64()),  # training time, summed over seeds
     ("error", pa.string()),
+    ("started_at_task", pa.int64()),  # where the trial's last attempt began: > 0 after a restart or resume
 ]
 FINISHED = "TERMINATED"
 ENDED = (FINISHED, "STOPPED", "DIVERGED", "ERROR")  # the other statuses mean unfinished (resume=true continues)

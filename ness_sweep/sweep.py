@@ -50,7 +50,6 @@ DISTRIBUTIONS = ("loguniform", "uniform", "int", "choice")
 SPACE_SECTIONS = ("description", "search", "fixed", "sweep")
 NATURAL_MODE = {"acc": "max", "bwt": "max", "forgetting": "min"}  # the sweep's possible objectives
 DEFAULT_NUM_SAMPLES = 10
-CHECKPOINT_EVERY_S = 30.0  # training seconds between a trial's checkpoints
 # Run-config keys that are not columns of the results table: seeds get their own column, the rest
 # only steer a single run's command line.
 NOT_COLUMNS = ("seed", "seeds", "output", "preset")
@@ -404,8 +403,10 @@ def trial_threads(plan: SweepPlan) -> int:
 def run_trial(params: Dict[str, Any], streams: Dict[int, TaskStream], settings: Dict[str, Any], threads: int) -> None:
     """One Tune trial: train through the stream on each seed, report after every task.
 
-    A checkpoint goes with a report once CHECKPOINT_EVERY_S of training has passed since the last one:
-    a retried or resumed trial repeats at most that much, and short trials do not pay for checkpoints.
+    Every report carries a checkpoint (weights, statistics, accuracy rows, RNG states), so a trial
+    restarted after a failure, or resumed with the sweep, continues from its last finished task;
+    ``started_at_task`` says where this attempt began. A trial restored after its last task (the driver
+    died before Tune recorded it as done) reports its result again and trains nothing.
     A diverging loss (FloatingPointError) ends the trial with ``diverged``: a legitimate outcome of a
     search over learning rates, not a failure worth retrying.
     """
@@ -418,8 +419,11 @@ def run_trial(params: Dict[str, Any], streams: Dict[int, TaskStream], settings: 
             states = torch.load(Path(directory) / "state.pt", weights_only=False)
         for run, state in zip(runs, states):
             run.load_state_dict(state)
-    where = {"node_id": ray.get_runtime_context().get_node_id(), "seeds": list(streams)}
-    checkpointed = sum(run.trainer.seconds for run in runs)
+    where = {"node_id": ray.get_runtime_context().get_node_id(), "seeds": list(streams),
+             "started_at_task": runs[0].trainer.next_task}
+    if runs[0].finished:
+        tune.report({**task_metrics([run.trainer.task_result() for run in runs], runs), **where})
+        return
     while not runs[0].finished:
         try:
             steps = [run.step() for run in runs]
@@ -427,10 +431,6 @@ def run_trial(params: Dict[str, Any], streams: Dict[int, TaskStream], settings: 
             tune.report({"task": runs[0].trainer.next_task, "diverged": True, "error": str(error), **where})
             return
         metrics = {**task_metrics(steps, runs), **where}
-        if runs[0].finished or metrics["seconds"] - checkpointed < CHECKPOINT_EVERY_S:
-            tune.report(metrics)
-            continue
-        checkpointed = metrics["seconds"]
         with tempfile.TemporaryDirectory() as directory:
             torch.save([run.state_dict() for run in runs], Path(directory) / "state.pt")
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))

@@ -302,14 +302,6 @@ def _sweep_name(plan: SweepPlan, now: datetime) -> str:
 
 # ---- the trial -------------------------------------------------------------------------------
 
-class _TaskEnded(Exception):
-    """Raised from the trainer's task-end callback to hand control back after one task."""
-
-    def __init__(self, result: TaskResult):
-        super().__init__()
-        self.result = result
-
-
 def _global_rng_state() -> tuple:
     cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
     return random.getstate(), np.random.get_state(), torch.get_rng_state(), cuda
@@ -327,9 +319,8 @@ def _set_global_rng_state(state: tuple) -> None:
 class SeedRun:
     """One seed's Trainer, advanced one task per ``step`` so that a trial's seeds move in lock step.
 
-    ``Trainer.run`` continues from its next task, so stopping it from the task-end callback gives one
-    task per call. Each seed keeps its own global RNG state between steps: interleaving seeds gives the
-    same numbers as running them one after another, as ``ness_sweep.train seeds=[...]`` does.
+    Each seed keeps its own global RNG state between steps: interleaving seeds gives the same numbers
+    as running them one after another, as ``ness_sweep.train seeds=[...]`` does.
     """
 
     def __init__(self, cfg: DictConfig, seed: int, stream: TaskStream):
@@ -343,18 +334,13 @@ class SeedRun:
         return self.trainer.next_task >= self.trainer.num_tasks
 
     def step(self) -> TaskResult:
+        ended: List[TaskResult] = []
         _set_global_rng_state(self.rng)
         try:
-            self.trainer.run(on_task_end=self._end_task)
-        except _TaskEnded as ended:
-            return ended.result
+            self.trainer.run(on_task_end=ended.append, until=self.trainer.next_task + 1)
         finally:
             self.rng = _global_rng_state()
-        raise RuntimeError("step() after the last task")
-
-    @staticmethod
-    def _end_task(result: TaskResult) -> None:
-        raise _TaskEnded(result)
+        return ended[0]
 
     def state_dict(self) -> dict:
         return {"trainer": self.trainer.state_dict(), "rng": self.rng}

@@ -235,6 +235,17 @@ def resolved(cfg: DictConfig) -> dict:
     return OmegaConf.to_container(cfg, resolve=True)
 
 
+def flatten(tree: dict, prefix: str = "") -> dict:
+    """A nested dict as dotted keys: {"train": {"lr": 1}} → {"train.lr": 1}."""
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
 def help_text(schema: type = RunConfig) -> str:
     """Every key with its default, one per line."""
     lines = []

@@ -20,7 +20,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 from omegaconf import OmegaConf
 
-from .config import ConfigError
+from .config import ConfigError, flatten
 
 RESULTS_FILE = "results.parquet"
 BEST_CONFIG_FILE = "best.yaml"
@@ -180,7 +180,7 @@ def train_command(row: Dict[str, Any], table: pa.Table) -> str:
     (OMP_NUM_THREADS): float sums in another order would change the last digits, and training amplifies them."""
     from .config import RunConfig  # the schema defaults, to leave out what a rerun gets anyway
 
-    defaults = _flatten(OmegaConf.to_container(OmegaConf.structured(RunConfig)))
+    defaults = flatten(OmegaConf.to_container(OmegaConf.structured(RunConfig)))
     meta = sweep_metadata(table)
     parts = []
     for key, value in run_settings(row, table).items():
@@ -200,16 +200,6 @@ def best_config_yaml(row: Dict[str, Any], table: pa.Table) -> str:
             node = node.setdefault(parent, {})
         node[leaf] = value
     return OmegaConf.to_yaml(OmegaConf.create(nested))
-
-
-def _flatten(tree: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
-    flat = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 # ---- printing --------------------------------------------------------------------------------

@@ -40,7 +40,7 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler  # noqa: E402
 from ray.tune.search.optuna import OptunaSearch  # noqa: E402
 
 from . import dashboards, results  # noqa: E402
-from .config import (ConfigError, RunConfig, SweepConfig, SweepSettings, load_preset, merge_onto,  # noqa: E402
+from .config import (ConfigError, RunConfig, SweepConfig, SweepSettings, flatten, load_preset, merge_onto,  # noqa: E402
                      parse_overrides, resolved, validate_run, validate_sweep)
 from .data import TaskStream, load_stream  # noqa: E402
 from .train import mean_std  # noqa: E402
@@ -139,7 +139,7 @@ def parse_space(raw: Any, source: str, name: str) -> SearchSpace:
         source=source,
         description=str(raw.get("description") or ""),
         search={key: parse_distribution(spec, f"{source}: search.{key}") for key, spec in search.items()},
-        fixed=_flatten(raw.get("fixed") or {}),
+        fixed=flatten(raw.get("fixed") or {}),
         sweep=dict(raw.get("sweep") or {}),
     )
 
@@ -204,7 +204,7 @@ def build_plan(args: List[str], now: Optional[datetime] = None) -> SweepPlan:
     if not overrides.get("space"):
         raise ConfigError(f"space: required; known spaces: {', '.join(known_spaces())} (or a path to a .yaml file)")
     space = load_space(str(overrides.space))
-    command_line = _flatten(OmegaConf.to_container(overrides))
+    command_line = flatten(OmegaConf.to_container(overrides))
     run_keys = _schema_types(RunConfig)
     for section, keys in (("search", space.search), ("fixed", space.fixed)):
         for key in keys:
@@ -495,7 +495,7 @@ class ResultsTable(tune.Callback):
 
     def config_cells(self, trial) -> Dict[str, Any]:
         if trial.trial_id not in self.configs:
-            config = _flatten(resolved(trial_run_config(self.settings, trial.config)))
+            config = flatten(resolved(trial_run_config(self.settings, trial.config)))
             self.configs[trial.trial_id] = {key: config[key] for key, _ in self.columns}
         return self.configs[trial.trial_id]
 
@@ -764,7 +764,7 @@ def _column_types(plan: SweepPlan) -> List[Tuple[str, pa.DataType]]:
     or a fraction) the type the space samples or the value has."""
     hints = _schema_types(RunConfig)
     columns = []
-    for key, value in _flatten(plan.run_settings()).items():
+    for key, value in flatten(plan.run_settings()).items():
         if key in NOT_COLUMNS:
             continue
         hint = hints[key]
@@ -813,16 +813,6 @@ def _distribution_type(dist: Distribution, where: str) -> pa.DataType:
         raise ConfigError(f"{where}: choice options must share one type here (an int rank is a count, "
                           f"a float a fraction); got {list(dist.values)}")
     return kinds.pop() if kinds else pa.float64()
-
-
-def _flatten(tree: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
-    flat = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 def _nested(dotted: Dict[str, Any]) -> Dict[str, Any]:

@@ -59,6 +59,7 @@ class RunConfig:
 
     benchmark: str = "permuted_digits"
     data_root: str = "~/.cache/ness_sweep"
+    download: bool = True  # fetch missing CIFAR / MNIST / Fashion-MNIST / SVHN files through torchvision
     model: str = "auto"
     method: str = "ness"
     seed: int = 0

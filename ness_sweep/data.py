@@ -94,7 +94,8 @@ def _digits_test_split(x: Tensor, y: Tensor, seed: int) -> Tuple[Tensor, Tensor,
     return x[rest], y[rest], x[test], y[test]
 
 
-def permuted_digits(data_root: Path, seed: int, valid_fraction: float, num_tasks: int = 5) -> TaskStream:
+def permuted_digits(data_root: Path, seed: int, valid_fraction: float, num_tasks: int = 5,
+                    download: bool = False) -> TaskStream:
     """5 tasks of 10-way digits; task 0 unpermuted, each later task a seeded pixel permutation."""
     x, y = _digits()
     x_rest, y_rest, x_test, y_test = _digits_test_split(x, y, seed)
@@ -107,7 +108,7 @@ def permuted_digits(data_root: Path, seed: int, valid_fraction: float, num_tasks
     return TaskStream("permuted_digits", tasks, (x.shape[1],), "mlp")
 
 
-def split_digits(data_root: Path, seed: int, valid_fraction: float) -> TaskStream:
+def split_digits(data_root: Path, seed: int, valid_fraction: float, download: bool = False) -> TaskStream:
     """5 tasks of 2-way digits: {0,1}, {2,3}, ..., {8,9}; labels 0/1 within each task."""
     x, y = _digits()
     x_rest, y_rest, x_test, y_test = _digits_test_split(x, y, seed)
@@ -126,7 +127,10 @@ LOADERS: Dict[str, Callable[..., TaskStream]] = {
 
 
 def register(name: str) -> Callable:
-    """Decorator adding a stream loader ``fn(data_root, seed, valid_fraction) -> TaskStream``."""
+    """Decorator adding a stream loader ``fn(data_root, seed, valid_fraction, download=...) -> TaskStream``.
+
+    ``download`` allows fetching missing files; loaders of bundled data (the digits) ignore it.
+    """
 
     def add(fn: Callable[..., TaskStream]) -> Callable[..., TaskStream]:
         LOADERS[name] = fn
@@ -135,19 +139,26 @@ def register(name: str) -> Callable:
     return add
 
 
-def load_stream(benchmark: str, data_root: str, seed: int, valid_fraction: float, task_order: str = "fixed") -> TaskStream:
-    """The benchmark's tasks, in the paper's order or (``task_order=seeded``) shuffled by the seed."""
+def load_stream(benchmark: str, data_root: str, seed: int, valid_fraction: float, task_order: str = "fixed",
+                download: bool = False) -> TaskStream:
+    """The benchmark's tasks, in the paper's order or (``task_order=seeded``) shuffled by the seed;
+    with ``download``, missing files that torchvision can fetch are downloaded first."""
     if benchmark not in LOADERS:
         from . import paper_benchmarks  # noqa: F401  (registers the file-based benchmarks)
     if benchmark not in LOADERS:
         raise ConfigError(f"benchmark={benchmark}: must be one of {', '.join(sorted(LOADERS))}")
-    stream = LOADERS[benchmark](Path(data_root).expanduser(), seed, valid_fraction)
+    stream = LOADERS[benchmark](Path(data_root).expanduser(), seed, valid_fraction, download=download)
     if task_order == "seeded":
         order = list(range(len(stream.tasks)))
         random.Random(seed).shuffle(order)
         stream.tasks = [stream.tasks[i] for i in order]
         stream.meta["task_order"] = order
     return stream
+
+
+def stream_for(cfg, seed: int) -> TaskStream:
+    """The stream a run config asks for, with the given seed (the seed shapes splits and orders)."""
+    return load_stream(cfg.benchmark, cfg.data_root, seed, cfg.train.valid_fraction, cfg.task_order, cfg.download)
 
 
 def seed_everything(seed: int) -> None:

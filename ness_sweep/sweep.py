@@ -42,7 +42,7 @@ from ray.tune.search.optuna import OptunaSearch  # noqa: E402
 from . import dashboards, results  # noqa: E402
 from .config import (ConfigError, RunConfig, SweepConfig, SweepSettings, flatten, load_preset, merge_onto,  # noqa: E402
                      parse_overrides, resolved, validate_run, validate_sweep)
-from .data import TaskStream, load_stream  # noqa: E402
+from .data import TaskStream, stream_for  # noqa: E402
 from .train import mean_std  # noqa: E402
 from .trainer import TaskResult, Trainer  # noqa: E402
 
@@ -651,9 +651,7 @@ def concurrency(plan: SweepPlan) -> int:
 
 def load_streams(plan: SweepPlan) -> Dict[int, TaskStream]:
     """Each seed's task stream (the seed shapes splits and permutations), loaded once in the driver."""
-    cfg = plan.cfg
-    return {seed: load_stream(cfg.benchmark, cfg.data_root, seed, cfg.train.valid_fraction, cfg.task_order)
-            for seed in plan.seeds}
+    return {seed: stream_for(plan.cfg, seed) for seed in plan.seeds}
 
 
 @dataclass

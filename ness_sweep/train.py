@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from .config import ConfigError, RunConfig, help_text, load_run_config, resolved
-from .data import load_stream
+from .data import stream_for
 from .trainer import Trainer
 
 USAGE = """usage: python -m ness_sweep.train [key=value ...]
@@ -29,7 +29,7 @@ def run_seed(cfg, seed: int, stream=None, log=print) -> dict:
     cfg = cfg.copy()
     cfg.seed = seed
     if stream is None:
-        stream = load_stream(cfg.benchmark, cfg.data_root, seed, cfg.train.valid_fraction, cfg.task_order)
+        stream = stream_for(cfg, seed)
     result = Trainer(cfg, stream, log=log).run().to_dict()
     result["seed"] = seed
     return result
@@ -64,7 +64,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         if cfg.output and Path(cfg.output).is_dir():
             raise ConfigError(f"output={cfg.output}: is a directory; give a file path for the JSON result")
         seeds = list(cfg.seeds) if cfg.seeds is not None else [cfg.seed]
-        first_stream = load_stream(cfg.benchmark, cfg.data_root, seeds[0], cfg.train.valid_fraction, cfg.task_order)
+        first_stream = stream_for(cfg, seeds[0])
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

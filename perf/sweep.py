@@ -33,7 +33,7 @@ os.environ.setdefault("WANDB_MODE", "offline")
 import torch  # noqa: E402
 
 from ness_sweep import dashboards, sweep  # noqa: E402
-from ness_sweep.data import load_stream  # noqa: E402
+from ness_sweep.data import stream_for  # noqa: E402
 from ness_sweep.trainer import Trainer  # noqa: E402
 
 
@@ -71,8 +71,7 @@ def loop(plan_args, params_list):
     plan = sweep.build_plan(plan_args)
     started = time.perf_counter()
     settings = plan.run_settings()
-    stream = load_stream(plan.cfg.benchmark, plan.cfg.data_root, plan.seeds[0], plan.cfg.train.valid_fraction,
-                         plan.cfg.task_order)
+    stream = stream_for(plan.cfg, plan.seeds[0])
     accs = [Trainer(sweep.trial_run_config(settings, params), stream, log=None).run().to_dict()["acc"]
             for params in params_list]
     return time.perf_counter() - started, accs

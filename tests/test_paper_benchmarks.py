@@ -224,10 +224,11 @@ def run_cli(*args):
 
 
 def test_cli_missing_data_exits_2_with_one_line(tmp_path):
-    result = run_cli("benchmark=split_cifar100", f"data_root={tmp_path}")
+    result = run_cli("benchmark=split_cifar100", f"data_root={tmp_path}", "download=false")
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and "cifar-100-python/train" in lines[0]
+    assert len(lines) == 1 and "cifar-100-python/train" in lines[0] and "download=true" in lines[0]
+    assert not any(tmp_path.iterdir())
 
 
 def test_cli_runs_split_cifar100_on_tiny_files(tmp_path):

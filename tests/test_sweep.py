@@ -19,7 +19,7 @@ import pytest
 
 from ness_sweep import report, run, sweep
 from ness_sweep.config import load_run_config
-from ness_sweep.data import load_stream
+from ness_sweep.data import stream_for
 from ness_sweep.trainer import Trainer
 
 NUM_TASKS = 5  # permuted_digits
@@ -88,7 +88,7 @@ def recompute(row: dict, seed: int) -> dict:
     settings = [f"{key}={sweep.results._yaml_scalar(row[key])}" for key in
                 ("benchmark", "method", "train.epochs", "train.lr", "ness.threshold", "ness.rank", "device")]
     cfg = load_run_config([*settings, f"seed={seed}"])
-    stream = load_stream(cfg.benchmark, cfg.data_root, seed, cfg.train.valid_fraction, cfg.task_order)
+    stream = stream_for(cfg, seed)
     return Trainer(cfg, stream, log=None).run().to_dict()
 
 

@@ -7,13 +7,13 @@ import torch
 
 from ness_sweep import ness
 from ness_sweep.config import load_run_config
-from ness_sweep.data import load_stream
+from ness_sweep.data import stream_for
 from ness_sweep.trainer import Trainer
 
 
 def run(*overrides, stop_after=None):
     cfg = load_run_config(["device=cpu", *overrides])
-    stream = load_stream(cfg.benchmark, cfg.data_root, cfg.seed, cfg.train.valid_fraction, cfg.task_order)
+    stream = stream_for(cfg, cfg.seed)
     return Trainer(cfg, stream, log=None).run().to_dict()
 
 
@@ -62,7 +62,7 @@ def test_same_seed_same_matrix_and_other_seed_differs():
 @pytest.mark.parametrize("memory", ["replay", "stream"])
 def test_restore_after_task_two_finishes_like_an_uninterrupted_run(memory):
     cfg = load_run_config(["device=cpu", "train.epochs=3", f"ness.memory={memory}", "seed=1"])
-    stream = load_stream(cfg.benchmark, cfg.data_root, cfg.seed, cfg.train.valid_fraction)
+    stream = stream_for(cfg, cfg.seed)
     uninterrupted = Trainer(cfg, stream, log=None).run().acc_matrix
 
     saved = {}
@@ -95,7 +95,7 @@ def test_huge_learning_rate_raises_floating_point_error():
 
 def test_task_results_reported_after_every_task():
     cfg = load_run_config(["device=cpu", "train.epochs=1", "benchmark=split_digits"])
-    stream = load_stream(cfg.benchmark, cfg.data_root, cfg.seed, cfg.train.valid_fraction)
+    stream = stream_for(cfg, cfg.seed)
     reports = []
     Trainer(cfg, stream, log=None).run(on_task_end=reports.append)
     assert [r.task for r in reports] == [1, 2, 3, 4, 5]
@@ -107,7 +107,7 @@ def test_task_results_reported_after_every_task():
 
 def test_no_adapters_left_after_a_run():
     cfg = load_run_config(["device=cpu", "train.epochs=1"])
-    stream = load_stream(cfg.benchmark, cfg.data_root, cfg.seed, cfg.train.valid_fraction)
+    stream = stream_for(cfg, cfg.seed)
     trainer = Trainer(cfg, stream, log=None)
     trainer.run()
     assert not any(isinstance(m, ness.NullSpaceAdapter) for m in trainer.model.modules())

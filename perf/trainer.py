@@ -1,19 +1,31 @@
 """Trainer speed and memory, measured side by side in one run; prints tables for the README.
 
     python perf/trainer.py [--epochs 5] [--device auto] [--cases mlp,alexnet]
+                           [--sections epoch,subspaces,statistics,memory]
 
-1. Epoch time of a NESS task against a fine-tuning task (same model, data and task; target ≤ 1.15×).
-2. Building the subspaces: one forward pass for all adapted layers against one pass per layer.
-3. ``replay`` against ``stream`` statistics as the number of tasks grows: time at the last task, and
-   the memory each keeps between tasks (old inputs plus Gram matrices, against Gram matrices alone).
+1. ``epoch``: epoch time of a NESS task against a fine-tuning task (same model, data and task; target ≤ 1.15×).
+2. ``subspaces``: building the subspaces, one forward pass for all adapted layers against one pass per layer.
+3. ``statistics``: ``replay`` against ``stream`` statistics as the number of tasks grows: time at the last
+   task, and the memory each keeps between tasks (old inputs plus Gram matrices, against Gram matrices alone).
+4. ``memory``: peak memory of ``replay`` against ``stream`` at task 10. (a) The statistics step before
+   task 10, as the peak above the memory in use when it starts: on CPU the largest process RSS, sampled
+   every millisecond, minus the RSS at the start; on CUDA ``max_memory_allocated`` minus the allocated
+   bytes at the start. (b) The whole process through a full 10-task run (one epoch per task), each mode
+   in a fresh interpreter: peak RSS (VmHWM) and, on CUDA, ``max_memory_allocated``.
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
+import json
+import os
 import statistics
+import subprocess
+import sys
+import threading
 import time
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Optional
 
 import torch
 
@@ -128,29 +140,142 @@ def replay_vs_stream(name: str, make_stream: Callable[[int], TaskStream], task_c
               f"| {gram_bytes / 2**20:.2f} |")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--epochs", type=int, default=5, help="timed epochs per method")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--cases", default="mlp,alexnet", help="comma-separated: mlp, alexnet")
-    args = parser.parse_args()
-    device = pick_device(args.device)
-    torch.manual_seed(0)
-    cases = args.cases.split(",")
+MEMORY_TASKS = 10
+CIFAR_OVERRIDES = ["model=alexnet", "train.batch_size=64"]
+MEMORY_CASES = {  # --cases name: (label, stream of MEMORY_TASKS tasks, overrides); the child rebuilds a case by name
+    "mlp": ("MLP, permuted digits", lambda: permuted_digits(None, 0, 0.1, num_tasks=MEMORY_TASKS), []),
+    "alexnet": ("AlexNet, 32x32x3 (2,500 images/task)", lambda: random_image_stream(MEMORY_TASKS, 2500),
+                CIFAR_OVERRIDES),
+}
+PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
 
-    digits = permuted_digits(None, 0, 0.1, num_tasks=5)
-    cifar_overrides = ["model=alexnet", "train.batch_size=64"]
-    print(f"device: {device}, torch {torch.__version__}, threads {torch.get_num_threads()}\n")
 
-    print("## Epoch time: NESS task vs fine-tuning task (task 2, median of timed epochs)")
+def rss_bytes() -> int:
+    """Resident memory of this process now (second field of /proc/self/statm, in pages)."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * PAGE_BYTES
+
+
+def release_freed_heap() -> None:
+    """Hand glibc's freed-but-cached pages back to the OS, so that the RSS at a step's start is memory in use
+    and pages the step takes count as growth instead of hiding in the allocator's cache."""
+    ctypes.CDLL(None).malloc_trim(0)
+
+
+def cpu_step_peak_bytes(step: Callable[[], object]) -> int:
+    """Largest RSS while ``step`` runs minus the RSS at its start, sampled every ~1 ms from a thread
+    (torch's kernels release the GIL, so the sampler runs while they allocate)."""
+    release_freed_heap()
+    start = rss_bytes()
+    peak = start
+    done = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not done.wait(0.001):
+            peak = max(peak, rss_bytes())
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        step()
+    finally:
+        done.set()
+        sampler.join()
+    return max(peak, rss_bytes()) - start
+
+
+def cuda_step_peak_bytes(step: Callable[[], object], device: torch.device) -> int:
+    """Largest allocated CUDA memory while ``step`` runs minus what was allocated at its start."""
+    sync(device)
+    start = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    step()
+    sync(device)
+    return torch.cuda.max_memory_allocated(device) - start
+
+
+def statistics_step(trainer: Trainer, memory: str) -> Callable[[], object]:
+    """The trainer's own statistics work for the last task: replay runs every earlier task's inputs through
+    the network in pre_train (``replay_grams``); stream adds only the task just finished to its running sum
+    in post_train (nothing to merge after the first task, so post_train is the statistics alone)."""
+    last = trainer.num_tasks - 1
+    if memory == "replay":
+        return lambda: trainer.replay_grams(last)
+    return lambda: trainer.post_train(last - 1)
+
+
+def step_peak_mib(case: str, memory: str, device: torch.device) -> float:
+    """Peak of the statistics step before the last task, above the memory in use when it starts. The
+    trainer has finished task 1 only: the step's tensors have the same shapes as after task 9, and a
+    stream trainer already holds a running sum of the same size."""
+    _, make_stream, overrides = MEMORY_CASES[case]
+    trainer = trainer_after_first_task(make_stream(), ["method=ness", f"ness.memory={memory}", *overrides], device)
+    step = statistics_step(trainer, memory)
+    peak = cuda_step_peak_bytes(step, device) if device.type == "cuda" else cpu_step_peak_bytes(step)
+    return peak / 2**20
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak RSS (VmHWM). Not ru_maxrss: Linux carries the parent's peak into a child across
+    fork and exec, so a child's ru_maxrss would report this script's own peak whenever that is larger."""
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
+
+
+def peak_child(case: str, memory: str, device: torch.device) -> None:
+    """In a fresh interpreter: the full run, one epoch per task; prints its peaks as JSON."""
+    _, make_stream, overrides = MEMORY_CASES[case]
+    cfg = load_run_config(["train.epochs=1", "method=ness", f"ness.memory={memory}", *overrides])
+    Trainer(cfg, make_stream(), device, log=None).run()
+    cuda_bytes = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
+    print(json.dumps({"rss_bytes": peak_rss_bytes(), "cuda_bytes": cuda_bytes}))
+
+
+def run_peaks_mib(case: str, memory: str, device: torch.device) -> Dict[str, Optional[float]]:
+    """Whole-process peaks of a full run in a fresh interpreter, so nothing this script did before counts."""
+    child = subprocess.run([sys.executable, __file__, "--peak-child", case, memory, "--device", str(device)],
+                           check=True, stdout=subprocess.PIPE, text=True)  # stderr passes through
+    peaks = json.loads(child.stdout.splitlines()[-1])
+    return {k: None if v is None else v / 2**20 for k, v in peaks.items()}
+
+
+def ratio(a: Optional[float], b: Optional[float]) -> str:
+    """replay / stream; n/a where a mode has no figure (CUDA peaks on a CPU run)."""
+    return "n/a" if a is None or not b else f"{a / b:.2f}x"
+
+
+def mib(value: Optional[float]) -> str:
+    """A table cell; n/a where there is no figure (CUDA peaks on a CPU run)."""
+    return "n/a" if value is None else f"{value:.1f}"
+
+
+def replay_vs_stream_peaks(case: str, device: torch.device) -> None:
+    """One row per memory mode and one of replay / stream ratios."""
+    label = MEMORY_CASES[case][0]
+    peaks = {}
+    for memory in ("replay", "stream"):
+        peaks[memory] = {"step": step_peak_mib(case, memory, device), **run_peaks_mib(case, memory, device)}
+        p = peaks[memory]
+        print(f"| {label} | {MEMORY_TASKS} | {memory} | {mib(p['step'])} | {mib(p['rss_bytes'])} "
+              f"| {mib(p['cuda_bytes'])} |", flush=True)
+    replay, stream = peaks["replay"], peaks["stream"]
+    print(f"| {label} | {MEMORY_TASKS} | replay / stream | " + " | ".join(
+        ratio(replay[k], stream[k]) for k in ("step", "rss_bytes", "cuda_bytes")) + " |", flush=True)
+
+
+def epoch_section(cases: List[str], digits: TaskStream, epochs: int, device: torch.device) -> None:
+    print("\n## Epoch time: NESS task vs fine-tuning task (task 2, median of timed epochs)")
     print("| case | device | fine-tune s/epoch | NESS s/epoch | NESS / fine-tune | fine-tune samples/s | NESS samples/s | total rank |")
     print("|---|---|---|---|---|---|---|---|")
     if "mlp" in cases:
-        ness_vs_finetune("MLP 64-256-256, permuted digits", digits, [], args.epochs, device)
+        ness_vs_finetune("MLP 64-256-256, permuted digits", digits, [], epochs, device)
     if "alexnet" in cases:
-        ness_vs_finetune("AlexNet, 32x32x3 (2,500 images/task)", random_image_stream(3, 2500), cifar_overrides,
-                         args.epochs, device)
+        ness_vs_finetune("AlexNet, 32x32x3 (2,500 images/task)", random_image_stream(3, 2500), CIFAR_OVERRIDES,
+                         epochs, device)
 
+
+def subspaces_section(cases: List[str], digits: TaskStream, device: torch.device) -> None:
     print("\n## Subspaces: one forward pass for all layers vs one pass per layer (task 1's inputs)")
     print("| case | adapted layers | forward passes, one-pass | forward passes, per-layer | fewer passes "
           "| one-pass s | per-layer s | speed-up |")
@@ -158,8 +283,10 @@ def main() -> None:
     if "mlp" in cases:
         one_pass_vs_per_layer("MLP, permuted digits", digits, [], device)
     if "alexnet" in cases:
-        one_pass_vs_per_layer("AlexNet, 32x32x3", random_image_stream(2, 2500), cifar_overrides, device)
+        one_pass_vs_per_layer("AlexNet, 32x32x3", random_image_stream(2, 2500), CIFAR_OVERRIDES, device)
 
+
+def statistics_section(cases: List[str], device: torch.device) -> None:
     print("\n## Statistics before task T: replay vs stream")
     print("| case | T | replay s | stream s | replay keeps MiB (inputs + Gram) | stream keeps MiB (Gram) |")
     print("|---|---|---|---|---|---|")
@@ -168,7 +295,50 @@ def main() -> None:
                          [], device)
     if "alexnet" in cases:
         replay_vs_stream("AlexNet, 32x32x3 (2,500 images/task)", lambda t: random_image_stream(t, 2500), [2, 5, 10],
-                         cifar_overrides, device)
+                         CIFAR_OVERRIDES, device)
+
+
+def memory_section(cases: List[str], device: torch.device) -> None:
+    print(f"\n## Peak memory at task {MEMORY_TASKS}: replay vs stream")
+    print("| case | T | memory | stats-step peak MiB above start | run peak RSS MiB | run peak CUDA MiB |")
+    print("|---|---|---|---|---|---|")
+    for case in ("mlp", "alexnet"):
+        if case in cases:
+            replay_vs_stream_peaks(case, device)
+
+
+SECTIONS = ("epoch", "subspaces", "statistics", "memory")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--epochs", type=int, default=5, help="timed epochs per method")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--cases", default="mlp,alexnet", help="comma-separated: mlp, alexnet")
+    parser.add_argument("--sections", default=",".join(SECTIONS), help="comma-separated: " + ", ".join(SECTIONS))
+    parser.add_argument("--peak-child", nargs=2, metavar=("CASE", "MEMORY"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    device = pick_device(args.device)
+    if args.peak_child:
+        peak_child(*args.peak_child, device)
+        return
+    sections = args.sections.split(",")
+    unknown = set(sections) - set(SECTIONS)
+    if unknown:
+        parser.error(f"unknown sections: {', '.join(sorted(unknown))} (choose from {', '.join(SECTIONS)})")
+    torch.manual_seed(0)
+    cases = args.cases.split(",")
+    digits = permuted_digits(None, 0, 0.1, num_tasks=5)
+    print(f"device: {device}, torch {torch.__version__}, threads {torch.get_num_threads()}")
+
+    if "epoch" in sections:
+        epoch_section(cases, digits, args.epochs, device)
+    if "subspaces" in sections:
+        subspaces_section(cases, digits, device)
+    if "statistics" in sections:
+        statistics_section(cases, device)
+    if "memory" in sections:
+        memory_section(cases, device)
 
 
 if __name__ == "__main__":

@@ -48,10 +48,22 @@ def input_width(layer: AdaptedLayer) -> int:
     return layer.weight[0].numel()
 
 
-def gram(rows: Tensor) -> Tensor:
-    """IᵀI in float64 (rounding in float32 would swamp the smallest singular values)."""
-    rows = rows.detach().to(torch.float64)
-    return rows.T @ rows
+GRAM_CHUNK_VALUES = 1 << 22  # float64 input-row values per chunk (32 MiB)
+
+
+def input_gram(layer: AdaptedLayer, x: Tensor) -> Tensor:
+    """IᵀI of one batch's input rows, in float64 (rounding in float32 would swamp the smallest
+    singular values). Built from chunks of samples, so that a whole batch's unfolded patches and their
+    float64 copy never exist at once: for a convolution they are many times the batch itself."""
+    x = x.detach()
+    width = input_width(layer)
+    rows_per_sample = input_rows(layer, x[:1]).shape[0]
+    samples_per_chunk = max(1, GRAM_CHUNK_VALUES // max(1, rows_per_sample * width))
+    g = torch.zeros(width, width, dtype=torch.float64, device=x.device)
+    for chunk in x.split(samples_per_chunk):
+        rows = input_rows(layer, chunk).to(torch.float64)
+        g.addmm_(rows.T, rows)
+    return g
 
 
 @contextmanager
@@ -61,7 +73,7 @@ def recording_grams(layers: Dict[str, AdaptedLayer]) -> Iterator[Dict[str, Tenso
 
     def hook_for(name: str, layer: AdaptedLayer):
         def hook(module: nn.Module, args: Tuple[Tensor, ...]) -> None:
-            g = gram(input_rows(layer, args[0]))
+            g = input_gram(layer, args[0])
             grams[name] = g if name not in grams else grams[name].add_(g)
         return hook
 

@@ -41,12 +41,15 @@ CONVS = [
 ]
 
 
+@pytest.mark.parametrize("samples_per_chunk", [1, 2, 5])
 @pytest.mark.parametrize("geometry", CONVS)
-def test_unfolded_gram_equals_brute_force_patches(geometry):
+def test_unfolded_gram_equals_brute_force_patches(geometry, samples_per_chunk, monkeypatch):
+    """Also when the batch is split into chunks of samples (5 = whole batch, 2 = uneven chunks)."""
     torch.manual_seed(0)
     conv = nn.Conv2d(3, 4, bias=False, **geometry)
-    x = torch.randn(2, 3, 7, 6)
+    x = torch.randn(5, 3, 7, 6)
     rows = brute_force_patches(x, conv)
+    monkeypatch.setattr(ness, "GRAM_CHUNK_VALUES", samples_per_chunk * (len(rows) // len(x)) * rows.shape[1])
     # The brute-force rows really are what the convolution multiplies by its weight...
     out = conv(x).permute(0, 2, 3, 1).reshape(-1, 4)
     torch.testing.assert_close(rows @ conv.weight.view(4, -1).T, out, rtol=1e-5, atol=1e-5)
@@ -55,6 +58,16 @@ def test_unfolded_gram_equals_brute_force_patches(geometry):
     with ness.recording_grams({"conv": conv}) as grams:
         conv(x)
     torch.testing.assert_close(grams["conv"], expected, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("samples_per_chunk", [1, 3, 7])
+def test_linear_gram_in_chunks_equals_full(samples_per_chunk, monkeypatch):
+    torch.manual_seed(0)
+    linear, x = nn.Linear(6, 3, bias=False), torch.randn(7, 6)
+    monkeypatch.setattr(ness, "GRAM_CHUNK_VALUES", samples_per_chunk * 6)
+    with ness.recording_grams({"fc": linear}) as grams:
+        linear(x)
+    torch.testing.assert_close(grams["fc"], x.double().T @ x.double(), rtol=1e-12, atol=1e-12)
 
 
 def small_body():

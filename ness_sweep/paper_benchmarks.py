@@ -51,16 +51,15 @@ NOTMNIST_LETTERS = "ABCDEFGHIJ"
 MINIIMAGENET_FILES = ("miniimagenet/train.pkl", "miniimagenet/test.pkl")
 
 
-def torchvision_fetch(dataset: str, **splits: Sequence[object]) -> Callable[[Path], None]:
-    """Download through ``torchvision.datasets.<dataset>(root, download=True)``, once per split value
-    (``train=[True]``, ``split=["train", "test"]``): torchvision checks every archive's checksum."""
+def torchvision_fetch(dataset: str, *splits: Dict[str, object]) -> Callable[[Path], None]:
+    """Download through ``torchvision.datasets.<dataset>(root, download=True, **split)`` for each split
+    (one call fetches CIFAR's whole archive; SVHN needs one per file): torchvision checks the checksums."""
 
     def fetch(root: Path) -> None:
         import torchvision.datasets
 
-        (key, values), = splits.items()
-        for value in values:
-            getattr(torchvision.datasets, dataset)(str(root), download=True, **{key: value})
+        for split in splits:
+            getattr(torchvision.datasets, dataset)(str(root), download=True, **split)
 
     return fetch
 
@@ -79,19 +78,19 @@ class Source:
 SOURCES = {
     "cifar100": Source(CIFAR100_FILES, ", ".join(CIFAR100_FILES),
                        "extract https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz into data_root",
-                       torchvision_fetch("CIFAR100", train=[True])),
+                       torchvision_fetch("CIFAR100", {"train": True})),
     "cifar10": Source(CIFAR10_FILES, "cifar-10-batches-py/{data_batch_1..5,test_batch}",
                       "extract https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz into data_root",
-                      torchvision_fetch("CIFAR10", train=[True])),
+                      torchvision_fetch("CIFAR10", {"train": True})),
     "mnist": Source(tuple(f"MNIST/raw/{n}" for n in MNIST_NAMES), "MNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte",
                     "torchvision.datasets.MNIST(data_root, download=True) writes them",
-                    torchvision_fetch("MNIST", train=[True])),
+                    torchvision_fetch("MNIST", {"train": True})),
     "svhn": Source(SVHN_FILES, ", ".join(SVHN_FILES),
                    "torchvision.datasets.SVHN(data_root, split='train'/'test', download=True) writes them",
-                   torchvision_fetch("SVHN", split=["train", "test"])),
+                   torchvision_fetch("SVHN", {"split": "train"}, {"split": "test"})),
     "fashion_mnist": Source(tuple(f"FashionMNIST/raw/{n}" for n in MNIST_NAMES), "FashionMNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte",
                             "torchvision.datasets.FashionMNIST(data_root, download=True) writes them",
-                            torchvision_fetch("FashionMNIST", train=[True])),
+                            torchvision_fetch("FashionMNIST", {"train": True})),
     "notmnist": Source(tuple(f"notMNIST/{split}/{letter}" for split in ("train", "test") for letter in NOTMNIST_LETTERS),
                        "notMNIST/{train,test}/{A..J}/",
                        "one folder of greyscale PNGs (at most 32x32, e.g. notMNIST_small's 28x28) per letter A..J, in train/ and test/"),

@@ -8,6 +8,10 @@ Every default lives here (DESIGN.md, "one fact in one place"). ``load_run_config
 from __future__ import annotations
 
 import dataclasses
+import math
+import os
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, List, Optional
@@ -24,6 +28,9 @@ NORMS = ("frobenius", "nuclear")
 MEMORIES = ("replay", "stream")
 OPTIMIZERS = ("sgd", "adam")
 TASK_ORDERS = ("fixed", "seeded")
+MAX_SEED = 2**32 - 1  # numpy's generators take seeds in [0, 2**32 - 1]
+SEED_RANGE = f"must be in [0, {MAX_SEED}] (numpy's seed range)"
+MAX_THREADS = 1024  # above any node's core count; torch overflows past 2**31 - 1 and starts every thread it is given
 
 
 class ConfigError(ValueError):
@@ -65,6 +72,10 @@ class RunConfig:
     seed: int = 0
     seeds: Optional[List[int]] = None
     device: str = "auto"
+    # torch's CPU threads. Part of what a run's numbers depend on: the count decides how float sums are split,
+    # so it changes their last digits (and training amplifies them); torch's default (every core) also makes CPU
+    # runs slow on a busy machine. ``ness_sweep.train`` applies it, so a preset holding it reruns exactly.
+    threads: int = 1
     preset: Optional[str] = None
     task_order: str = "fixed"
     output: Optional[str] = None
@@ -120,8 +131,9 @@ class SweepConfig(RunConfig):
 def parse_overrides(args: List[str]) -> DictConfig:
     """``key=value`` strings to a nested config; values parse as YAML (``seeds=[1,2]``, ``rank=null``)."""
     for arg in args:
-        if "=" not in arg or arg.startswith("="):
-            raise ConfigError(f"argument {arg!r}: expected key=value (see --help for the keys)")
+        if "=" not in arg or not re.fullmatch(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*", arg.partition("=")[0]):
+            raise ConfigError(f"argument {arg!r}: expected key=value with a dotted key such as train.lr "
+                              "(see --help for the keys)")
     try:
         return OmegaConf.from_dotlist(list(args))
     except OmegaConfBaseException as error:
@@ -135,21 +147,35 @@ def merge_onto(schema: Any, *layers: Any) -> DictConfig:
     for layer in layers:
         try:
             merged = OmegaConf.merge(merged, layer)
-        except OmegaConfBaseException as error:
-            raise ConfigError(_describe(error, schema)) from None
+        except (OmegaConfBaseException, TypeError) as error:  # TypeError: a mapping where a list belongs
+            raise ConfigError(_describe(error, merged, layer)) from None
     return merged
 
 
 def load_preset(name: str) -> DictConfig:
-    """A paper preset by name (``ness_sweep/presets/<name>.yaml``) or a path to a YAML file."""
+    """A paper preset by name (``ness_sweep/presets/<name>.yaml``) or a path to a YAML file.
+
+    Its keys and types are checked here, so that an error names the file, not only the key; ranges are
+    checked with the whole config, since the command line may complete a preset (threshold null, rank given).
+    """
     path = Path(name) if name.endswith((".yaml", ".yml")) else PRESET_DIR / f"{name}.yaml"
     if not path.is_file():
         known = ", ".join(sorted(p.stem for p in PRESET_DIR.glob("*.yaml")))
         raise ConfigError(f"preset={name}: no such preset; known presets: {known} (or a path to a .yaml file)")
     try:
-        return OmegaConf.load(path)
+        preset = OmegaConf.load(path)
     except Exception as error:  # YAML syntax errors come in many types
         raise ConfigError(f"preset file {path}: not valid YAML: {_one_line(error)}") from None
+    if not isinstance(preset, DictConfig) or not preset:
+        raise ConfigError(f"preset file {path}: {'not a mapping' if preset else 'empty'}; a preset maps run "
+                          "settings to values (benchmark: split_digits, train: {lr: 0.01}, ...)")
+    try:
+        merge_onto(RunConfig, preset)
+    except ConfigError as error:
+        raise ConfigError(f"preset file {path}: {error}") from None
+    if preset.get("preset") is not None:
+        raise ConfigError(f"preset file {path}: preset: a preset cannot name another preset")
+    return preset
 
 
 def load_run_config(args: List[str], schema: type = RunConfig) -> DictConfig:
@@ -177,16 +203,19 @@ def _require(ok: bool, key: str, value: Any, valid: str) -> None:
 
 
 def validate_run(cfg: DictConfig) -> None:
-    """Range and choice checks the types cannot express."""
+    """Range and choice checks the types cannot express (of a run config, or the run part of a sweep's)."""
+    _require_finite(cfg)
     _require(cfg.benchmark in BENCHMARKS, "benchmark", cfg.benchmark, f"must be one of {', '.join(BENCHMARKS)}")
     _require(cfg.model in MODELS, "model", cfg.model, f"must be one of {', '.join(MODELS)}")
     _require(cfg.method in METHODS, "method", cfg.method, f"must be one of {', '.join(METHODS)}")
     _require(cfg.task_order in TASK_ORDERS, "task_order", cfg.task_order, f"must be one of {', '.join(TASK_ORDERS)}")
-    device = cfg.device
-    _require(device in ("auto", "cpu", "cuda") or device.startswith("cuda:"), "device", device,
+    _require(re.fullmatch(r"auto|cpu|cuda(:\d+)?", cfg.device) is not None, "device", cfg.device,
              "must be auto, cpu, cuda or cuda:N")
-    if cfg.seeds is not None:
-        _require(len(cfg.seeds) > 0, "seeds", list(cfg.seeds), "must list at least one seed")
+    if not joins_cluster(cfg):
+        require_device(cfg.device)
+    _require(1 <= cfg.threads <= MAX_THREADS, "threads", cfg.threads, f"must be in [1, {MAX_THREADS}]")
+    _require(0 <= cfg.seed <= MAX_SEED, "seed", cfg.seed, SEED_RANGE)
+    _require_seeds("seeds", cfg.seeds)
     t = cfg.train
     _require(t.epochs >= 1, "train.epochs", t.epochs, "must be >= 1")
     _require(t.lr > 0, "train.lr", t.lr, "must be > 0")
@@ -213,13 +242,49 @@ def validate_run(cfg: DictConfig) -> None:
              "threshold and rank cannot both be null: set at least one")
 
 
+def _require_finite(cfg: DictConfig) -> None:
+    """inf and nan are valid floats to the schema but no valid setting: ``ness.threshold=inf`` would select
+    every direction and train as plain fine-tuning, ``train.lr=inf`` would fail deep inside training."""
+    for key, value in flatten(resolved(cfg)).items():
+        for number in value if isinstance(value, list) else [value]:
+            _require(not isinstance(number, float) or math.isfinite(number), key, number, "must be a finite number")
+
+
+def _require_seeds(key: str, seeds: Optional[List[int]]) -> None:
+    """A list of seeds, if given: not empty, each in numpy's range."""
+    if seeds is not None:
+        _require(len(seeds) > 0, key, list(seeds), "must list at least one seed")
+        _require(all(0 <= seed <= MAX_SEED for seed in seeds), key, list(seeds), f"each {SEED_RANGE}")
+
+
+def joins_cluster(cfg: DictConfig) -> bool:
+    """A sweep config that runs its trials on a Ray cluster (``ray.address`` or RAY_ADDRESS)."""
+    return "ray" in cfg and bool(cfg.ray.address or os.environ.get("RAY_ADDRESS"))
+
+
+def require_device(device: str) -> None:
+    """An explicit CUDA device must exist on this machine; torch would fail deep inside the first run.
+
+    ``auto`` and ``cpu`` always work. A sweep joining a cluster skips this: its trials' GPUs are elsewhere.
+    """
+    match = re.fullmatch(r"cuda(?::(\d+))?", device)
+    if match is None:
+        return
+    import torch  # here, not at the top: reading a config needs no torch unless it asks for CUDA
+
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if int(match.group(1) or 0) >= count:
+        available = f"{count} CUDA GPU(s), cuda:0 to cuda:{count - 1}" if count else "no CUDA GPU"
+        raise ConfigError(f"device={device}: this machine has {available}; use device=cpu or device=auto")
+
+
 def validate_sweep(cfg: DictConfig) -> None:
     tr = cfg.trial
     _require(tr.cpu > 0, "trial.cpu", tr.cpu, "must be > 0")
     _require(tr.gpu >= 0, "trial.gpu", tr.gpu, "must be >= 0 (fractions like 0.25 pack several trials per GPU)")
     _require(tr.max_failures >= 0, "trial.max_failures", tr.max_failures, "must be >= 0")
-    if tr.seeds is not None:
-        _require(len(tr.seeds) > 0, "trial.seeds", list(tr.seeds), "must list at least one seed")
+    _require_seeds("trial.seeds", tr.seeds)
+    _require(0 <= cfg.sweep.seed <= MAX_SEED, "sweep.seed", cfg.sweep.seed, SEED_RANGE)
     _require(cfg.wandb.mode in ("offline", "online", "disabled"), "wandb.mode", cfg.wandb.mode,
              "must be offline, online or disabled")
     s = cfg.sweep
@@ -267,9 +332,35 @@ def _one_line(error: Exception) -> str:
     return str(error).strip().splitlines()[0]
 
 
-def _describe(error: OmegaConfBaseException, schema: type) -> str:
-    key = getattr(error, "full_key", None) or "?"
+def _describe(error: Exception, merged: DictConfig, layer: Any) -> str:
+    """One line naming the key a merge failed on; OmegaConf leaves it out when a whole group or list is at fault."""
+    key = getattr(error, "full_key", None) or _failing_key(merged, layer)
     message = _one_line(error)
     if "Key '" in message and "not in" in message or "ConfigKeyError" in type(error).__name__:
         return f"{key}: unknown key (see --help for the valid keys)"
+    node = _schema_node(merged, key)
+    if OmegaConf.is_dict(node):
+        return f"{key}: a group of settings, not a value; set its keys one by one, e.g. {key}.NAME=VALUE (see --help)"
+    if OmegaConf.is_list(node):
+        return f"{key}: must be a list, e.g. {key}=[0,1,2]"
     return f"{key}: {message}"
+
+
+def _failing_key(merged: DictConfig, layer: Any, prefix: str = "") -> str:
+    """The dotted key of ``layer`` whose merge fails on its own (the deepest one)."""
+    for key in layer:
+        value = layer[key]
+        try:
+            OmegaConf.merge(merged, {key: value})
+        except (OmegaConfBaseException, TypeError):
+            if isinstance(value, Mapping) and OmegaConf.is_dict(merged.get(key)):
+                return _failing_key(merged[key], value, f"{prefix}{key}.")
+            return f"{prefix}{key}"
+    return prefix.rstrip(".") or "?"
+
+
+def _schema_node(merged: DictConfig, key: str) -> Any:
+    """The schema's node at a dotted key (a group, a list, a value), or None when there is none."""
+    parent, _, leaf = key.rpartition(".")
+    container = OmegaConf.select(merged, parent) if parent else merged
+    return container._get_node(leaf) if OmegaConf.is_dict(container) and leaf in container else None

@@ -18,6 +18,14 @@ from .results import leaderboard, read_table
 USAGE = "usage: python -m ness_sweep.report DIR [top=N]   (DIR: OUTPUT_DIR/SWEEP_NAME, local or a URI)"
 
 
+def parse_top(arg: str) -> int:
+    """``top=N``: how many trials to list, a whole number >= 1."""
+    value = arg[len("top="):]
+    if not (value.isascii() and value.isdigit() and int(value) >= 1):
+        raise ConfigError(f"{arg}: top must be a whole number >= 1 (how many trials to list)")
+    return int(value)
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if any(a in ("-h", "--help", "help") for a in argv):
@@ -26,9 +34,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         if len(argv) not in (1, 2) or (len(argv) == 2 and not argv[1].startswith("top=")):
             raise ConfigError(USAGE)
-        top = int(argv[1][4:]) if len(argv) == 2 and argv[1][4:].isdigit() else 5
-        if len(argv) == 2 and not argv[1][4:].isdigit():
-            raise ConfigError(f"{argv[1]}: top must be a whole number")
+        top = parse_top(argv[1]) if len(argv) == 2 else 5
         print(leaderboard(read_table(argv[0]), top))
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -1,11 +1,17 @@
-"""``python -m ness_sweep.train``: bad input is one line and exit code 2; good input writes JSON."""
+"""``python -m ness_sweep.train``: bad input is one line and exit code 2; good input writes JSON and
+reruns to the same numbers. Also ``python -m ness_sweep.report``'s arguments."""
 
 import json
+import os
 import subprocess
 import sys
 
 import pytest
+import torch
+from omegaconf import OmegaConf
 
+import ness_sweep.report as report
+import ness_sweep.train as train
 from ness_sweep.train import main
 
 BAD_INPUT = [
@@ -27,16 +33,79 @@ BAD_INPUT = [
     (["preset=no_such_preset"], "preset"),
     (["seeds=[]"], "seeds"),
     (["lr"], "lr"),
+    (["ness.threshold=inf"], "ness.threshold"),
+    (["train.lr=inf"], "train.lr"),
+    (["train.weight_decay=inf"], "train.weight_decay"),
+    (["seed=99999999999999999999999"], "seed"),
+    (["threads=0"], "threads"),
+    (["model=alexnet"], "model=alexnet"),  # conv layers on flat digits: found when the model is built
+    (["model=resnet18", "benchmark=split_digits"], "model=resnet18"),
 ]
 
 
 @pytest.mark.parametrize("args,key", BAD_INPUT)
-def test_bad_input_is_one_line_naming_the_key(args, key, capsys, tmp_path):
+def test_bad_input_is_one_line_naming_the_key(args, key, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(train, "run_seed", lambda *a, **k: pytest.fail("training started on bad input"))
     output = tmp_path / "result.json"
     assert main(args + [f"output={output}"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and key in err, err
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("output,says", [
+    ("/proc/x/out.json", "cannot create files in /proc"),
+    ("/proc/out.json", "cannot create files in /proc"),
+    ("{tmp}/a_file/out.json", "a_file is a file, not a folder"),
+    ("{tmp}/new/" + "n" * 300 + "/out.json", "longer than"),
+    ("{tmp}/" + "n" * 300 + ".json", "longer than"),
+    ("{tmp}", "is a directory"),
+])
+def test_an_output_that_cannot_be_written_is_refused_before_training(output, says, capsys, tmp_path, monkeypatch):
+    (tmp_path / "a_file").write_text("")
+    monkeypatch.setattr(train, "stream_for", lambda *a, **k: pytest.fail("work started before the output check"))
+    output = output.format(tmp=tmp_path)
+    assert main([f"output={output}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: output={output}: ") and says in err[0], err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file"]
+
+
+def test_an_existing_output_file_and_new_folders_are_accepted(tmp_path):
+    (tmp_path / "old.json").write_text("{}")
+    train.check_output(str(tmp_path / "old.json"))
+    train.check_output(str(tmp_path / "new" / "deeper" / "out.json"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["old.json"]
+    assert (tmp_path / "old.json").read_text() == "{}"
+
+
+def test_a_diverging_run_ends_in_one_line(capsys, tmp_path):
+    output = tmp_path / "result.json"
+    assert main(["train.lr=1e10", "device=cpu", f"output={output}"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "train.lr" in err[0] and "too large" in err[0], err
     assert not output.exists()
+
+
+REFUSED_IN_A_FRESH_PROCESS = [
+    (["device=cuda"], "error: device=cuda: this machine has no CUDA GPU"),
+    (["seed=99999999999999999999999"], "error: seed=99999999999999999999999: must be in"),
+    (["output=/proc/x/out.json"], "error: output=/proc/x/out.json: cannot create files in /proc"),
+    (["ness.threshold=inf"], "error: ness.threshold=inf: must be a finite number"),
+]
+
+
+@pytest.mark.parametrize("args,line", REFUSED_IN_A_FRESH_PROCESS)
+def test_bad_input_is_refused_by_the_command(args, line, tmp_path):
+    """The real command, CUDA hidden: exit 2, one line, nothing created. (The timeout only stops a regression
+    that trains a whole default run; it is no timing assertion.)"""
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "HOME": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-m", "ness_sweep.train", *args], capture_output=True, text=True,
+                          cwd=tmp_path, env=env, timeout=300)
+    assert done.returncode == 2 and done.stdout == ""
+    assert len(done.stderr.strip().splitlines()) == 1 and done.stderr.startswith(line), done.stderr
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_bad_input_exit_code_from_the_command_line(tmp_path):
@@ -69,6 +138,48 @@ def test_run_writes_json_result(tmp_path, capsys):
     assert "accuracy matrix" in out and "ACC" in out and "BWT" in out and "epoch 2/2" in out
 
 
+@pytest.fixture
+def torch_threads():
+    """Leaves torch's thread count as the test found it."""
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+QUICK = ["train.epochs=1", "device=cpu", "benchmark=split_digits"]
+
+
+def test_threads_are_applied_and_recorded(tmp_path, torch_threads, capsys):
+    torch.set_num_threads(1)
+    output = tmp_path / "result.json"
+    assert main(QUICK + ["threads=3", f"output={output}"]) == 0
+    assert torch.get_num_threads() == 3
+    assert json.loads(output.read_text())["config"]["threads"] == 3
+
+
+def test_one_thread_runs_twice_to_the_same_numbers(tmp_path, torch_threads, capsys):
+    results = []
+    for name in ("first.json", "second.json"):
+        assert main(QUICK + ["threads=1", "train.lr=0.2", f"output={tmp_path / name}"]) == 0
+        results.append(json.loads((tmp_path / name).read_text()))
+    assert results[0]["acc"] == results[1]["acc"] and results[0]["acc_matrix"] == results[1]["acc_matrix"]
+
+
+def test_a_preset_holding_threads_reruns_exactly(tmp_path, torch_threads, capsys):
+    """What best.yaml promises: the run's own config, as a preset, gives its numbers; its threads applied."""
+    first = tmp_path / "first.json"
+    assert main(QUICK + ["threads=1", "task_order=seeded", "seed=7", f"output={first}"]) == 0
+    config = json.loads(first.read_text())["config"]
+    del config["output"]
+    (tmp_path / "best.yaml").write_text(OmegaConf.to_yaml(config))
+    torch.set_num_threads(2)
+    again = tmp_path / "again.json"
+    assert main([f"preset={tmp_path / 'best.yaml'}", f"output={again}"]) == 0
+    assert torch.get_num_threads() == 1
+    rerun = json.loads(again.read_text())
+    assert rerun["acc"] == json.loads(first.read_text())["acc"] and rerun["config"]["seed"] == 7
+
+
 def test_seeds_report_mean_and_std(tmp_path, capsys):
     output = tmp_path / "seeds.json"
     assert main(["train.epochs=1", "device=cpu", "seeds=[1,2]", f"output={output}", "benchmark=split_digits"]) == 0
@@ -78,3 +189,13 @@ def test_seeds_report_mean_and_std(tmp_path, capsys):
     assert result["acc"] == pytest.approx(sum(accs) / 2)
     assert result["acc_std"] == pytest.approx(abs(accs[0] - accs[1]) / 2 ** 0.5)
     assert "mean ± std over 2 seeds" in capsys.readouterr().out
+
+
+# ---- python -m ness_sweep.report ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("top", ["top=0", "top=-1", "top=abc", "top=", "top=2.5"])
+def test_report_refuses_a_bad_top_in_one_line(top, tmp_path, capsys):
+    assert report.main([str(tmp_path), top]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: {top}: top must be a whole number >= 1 (how many trials to list)"]
+    assert list(tmp_path.iterdir()) == []

@@ -21,8 +21,9 @@ from omegaconf.errors import OmegaConfBaseException
 
 PRESET_DIR = Path(__file__).parent / "presets"
 
-BENCHMARKS = ("permuted_digits", "split_digits", "split_cifar100", "five_datasets", "split_miniimagenet")
-MODELS = ("auto", "mlp", "alexnet", "resnet18")
+BENCHMARKS = ("permuted_digits", "split_digits", "split_cifar100", "five_datasets", "split_miniimagenet",
+              "permuted_mnist1d", "split_mnist1d")
+MODELS = ("auto", "mlp", "alexnet", "resnet18", "cnn1d")
 METHODS = ("ness", "finetune")
 NORMS = ("frobenius", "nuclear")
 MEMORIES = ("replay", "stream")

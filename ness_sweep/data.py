@@ -144,7 +144,7 @@ def load_stream(benchmark: str, data_root: str, seed: int, valid_fraction: float
     """The benchmark's tasks, in the paper's order or (``task_order=seeded``) shuffled by the seed;
     with ``download``, missing files that torchvision can fetch are downloaded first."""
     if benchmark not in LOADERS:
-        from . import paper_benchmarks  # noqa: F401  (registers the file-based benchmarks)
+        from . import mnist1d, paper_benchmarks  # noqa: F401  (register the generated and file-based benchmarks)
     if benchmark not in LOADERS:
         raise ConfigError(f"benchmark={benchmark}: must be one of {', '.join(sorted(LOADERS))}")
     stream = LOADERS[benchmark](Path(data_root).expanduser(), seed, valid_fraction, download=download)

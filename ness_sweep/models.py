@@ -1,6 +1,6 @@
 """Multi-head networks: a shared body and one linear head per task (task-incremental learning).
 
-NESS adapts every ``nn.Linear`` and ``nn.Conv2d`` inside ``body``; the heads are trained plainly, each
+NESS adapts every ``nn.Linear``, ``nn.Conv1d`` and ``nn.Conv2d`` inside ``body``; the heads are trained plainly, each
 on its own task only. Bias-free layers, as in the reference networks of the GPM family.
 """
 
@@ -112,7 +112,23 @@ def resnet18(stream: TaskStream, base_filters: int = 20) -> MultiHeadNet:
     return MultiHeadNet(body, _flat_width(body, stream.input_shape), [t.num_classes for t in stream.tasks])
 
 
-BUILDERS: Dict[str, Callable[[TaskStream], MultiHeadNet]] = {"mlp": mlp, "alexnet": alexnet, "resnet18": resnet18}
+def cnn1d(stream: TaskStream, channels: int = 25) -> MultiHeadNet:
+    """The CNN of the MNIST-1D paper (Greydanus & Kobak, ICML 2024) for 1-D signals (C × L).
+
+    Three Conv1d layers of 25 channels (kernels 5/3/3, stride 2, padding 1, ReLU), flattened (25 × 5 on
+    40-long signals), then one linear head per task, the paper's single linear layer: 3 adapted layers.
+    """
+    layers, c_in = [], stream.input_shape[0]
+    for index, kernel in enumerate((5, 3, 3), start=1):
+        layers += [(f"conv{index}", nn.Conv1d(c_in, channels, kernel, stride=2, padding=1, bias=False)),
+                   (f"relu{index}", nn.ReLU())]
+        c_in = channels
+    body = nn.Sequential(OrderedDict(layers + [("flatten", nn.Flatten())]))
+    return MultiHeadNet(body, _flat_width(body, stream.input_shape), [t.num_classes for t in stream.tasks])
+
+
+BUILDERS: Dict[str, Callable[[TaskStream], MultiHeadNet]] = {"mlp": mlp, "alexnet": alexnet, "resnet18": resnet18,
+                                                             "cnn1d": cnn1d}
 
 
 def build_model(name: str, stream: TaskStream) -> MultiHeadNet:

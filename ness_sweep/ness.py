@@ -17,29 +17,43 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-AdaptedLayer = Union[nn.Linear, nn.Conv2d]
+AdaptedLayer = Union[nn.Linear, nn.Conv1d, nn.Conv2d]
+CONVOLUTIONS = (nn.Conv1d, nn.Conv2d)
+ADAPTABLE = (nn.Linear,) + CONVOLUTIONS
 
 
 def check_adaptable(layer: nn.Module, name: str = "layer") -> None:
-    """Only plain Linear and zero-padded, ungrouped Conv2d layers: their input rows are well defined."""
-    if isinstance(layer, nn.Conv2d):
+    """Only plain Linear and zero-padded, ungrouped Conv1d/Conv2d layers: their input rows are well defined."""
+    kind = type(layer).__name__
+    if isinstance(layer, CONVOLUTIONS):
         if layer.groups != 1:
-            raise ValueError(f"{name}: Conv2d with groups={layer.groups} is not supported by NESS (groups must be 1)")
+            raise ValueError(f"{name}: {kind} with groups={layer.groups} is not supported by NESS (groups must be 1)")
         if isinstance(layer.padding, str) or layer.padding_mode != "zeros":
-            raise ValueError(f"{name}: Conv2d needs integer zero padding (got padding={layer.padding!r}, "
+            raise ValueError(f"{name}: {kind} needs integer zero padding (got padding={layer.padding!r}, "
                              f"padding_mode={layer.padding_mode!r})")
     elif not isinstance(layer, nn.Linear):
-        raise ValueError(f"{name}: NESS adapts nn.Linear and nn.Conv2d, not {type(layer).__name__}")
+        raise ValueError(f"{name}: NESS adapts nn.Linear, nn.Conv1d and nn.Conv2d, not {kind}")
+
+
+def as_image(layer: Union[nn.Conv1d, nn.Conv2d], x: Tensor) -> Tuple[Tensor, Dict[str, Tuple[int, int]]]:
+    """A Conv1d is a Conv2d over images one row high: its input as N×C×1×L and its geometry as pairs,
+    so that both kinds unfold the same way."""
+    geometry = dict(kernel_size=layer.kernel_size, dilation=layer.dilation, padding=layer.padding, stride=layer.stride)
+    if isinstance(layer, nn.Conv2d):
+        return x, geometry
+    height_one = dict(kernel_size=1, dilation=1, padding=0, stride=1)
+    return x.unsqueeze(-2), {key: (height_one[key], value[0]) for key, value in geometry.items()}
 
 
 def input_rows(layer: AdaptedLayer, x: Tensor) -> Tensor:
-    """The rows of I for this layer: one per sample (Linear) or per output position (Conv2d).
+    """The rows of I for this layer: one per sample (Linear) or per output position (Conv1d/Conv2d).
 
     A convolution's row is the zero-padded patch its kernel sees, with its stride and dilation,
     flattened in the order of ``weight.view(d_out, -1)`` — exactly ``F.unfold``.
     """
-    if isinstance(layer, nn.Conv2d):
-        patches = F.unfold(x, layer.kernel_size, dilation=layer.dilation, padding=layer.padding, stride=layer.stride)
+    if isinstance(layer, CONVOLUTIONS):
+        image, geometry = as_image(layer, x)
+        patches = F.unfold(image, **geometry)
         return patches.transpose(1, 2).reshape(-1, patches.shape[1])
     return x.reshape(-1, x.shape[-1])
 
@@ -135,7 +149,7 @@ def select_rank(sigma: Tensor, threshold: Optional[float] = None, norm: str = "f
 
 
 class NullSpaceAdapter(nn.Module):
-    """A frozen Linear/Conv2d computing with W + A Bᵀ; only A (d_out × r, zero at start) trains.
+    """A frozen Linear/Conv1d/Conv2d computing with W + A Bᵀ; only A (d_out × r, zero at start) trains.
 
     Two equal ways to compute it: form W + A Bᵀ (costs d_out·d_in·r per batch, twice with the
     backward pass), or route the input through the low-rank path x → Bᵀx → A(Bᵀx) beside the frozen
@@ -152,7 +166,7 @@ class NullSpaceAdapter(nn.Module):
         d_out = base.weight.shape[0]
         weight = base.weight
         self.register_buffer("basis", basis.to(weight.dtype).to(weight.device).contiguous())
-        # Bᵀ laid out as a weight (r × d_in, or r × C × kh × kw): the first step of the low-rank path.
+        # Bᵀ laid out as a weight (r × d_in, r × C × k or r × C × kh × kw): the first step of the low-rank path.
         self.register_buffer("basis_weight", self.basis.T.reshape(basis.shape[1], *weight.shape[1:]).contiguous(),
                              persistent=False)
         self.A = nn.Parameter(torch.zeros(d_out, basis.shape[1], dtype=weight.dtype, device=weight.device))
@@ -170,7 +184,8 @@ class NullSpaceAdapter(nn.Module):
         if isinstance(base, nn.Linear):
             return x.numel() // x.shape[-1]
         positions = x.shape[0]
-        for size, k, s, p, d in zip(x.shape[-2:], base.kernel_size, base.stride, base.padding, base.dilation):
+        spatial = x.shape[-len(base.kernel_size):]
+        for size, k, s, p, d in zip(spatial, base.kernel_size, base.stride, base.padding, base.dilation):
             positions *= (size + 2 * p - d * (k - 1) - 1) // s + 1
         return positions
 
@@ -184,11 +199,13 @@ class NullSpaceAdapter(nn.Module):
         base = self.base
         if self.rank == 0:
             return base(x)
-        conv = isinstance(base, nn.Conv2d)
+        conv = isinstance(base, CONVOLUTIONS)
         if self._low_rank_is_cheaper(self._rows(x)):
             if conv:
-                projected = F.conv2d(x, self.basis_weight, None, base.stride, base.padding, base.dilation)
-                return base(x) + F.conv2d(projected, self.A[:, :, None, None])
+                convolve = F.conv1d if isinstance(base, nn.Conv1d) else F.conv2d
+                projected = convolve(x, self.basis_weight, None, base.stride, base.padding, base.dilation)
+                pointwise = self.A.view(*self.A.shape, *[1] * len(base.kernel_size))
+                return base(x) + convolve(projected, pointwise)
             return base(x) + F.linear(F.linear(x, self.basis_weight), self.A)
         weight = base.weight + self.delta_weight()
         return base._conv_forward(x, weight, base.bias) if conv else F.linear(x, weight, base.bias)
@@ -202,10 +219,10 @@ class NullSpaceAdapter(nn.Module):
 
 
 def adaptable_layers(model: nn.Module) -> Dict[str, AdaptedLayer]:
-    """Every Linear / Conv2d of ``model.body`` (task heads are never adapted), by qualified name."""
+    """Every Linear / Conv1d / Conv2d of ``model.body`` (task heads are never adapted), by qualified name."""
     layers = {}
     for name, module in model.body.named_modules():
-        if isinstance(module, (nn.Linear, nn.Conv2d)):
+        if isinstance(module, ADAPTABLE):
             check_adaptable(module, name)
             layers[name] = module
     return layers

@@ -1,6 +1,6 @@
 """Trainer speed and memory, measured side by side in one run; prints tables for the README.
 
-    python perf/trainer.py [--epochs 5] [--device auto] [--cases mlp,alexnet]
+    python perf/trainer.py [--epochs 5] [--device auto] [--cases mlp,alexnet,cnn1d]
                            [--sections epoch,subspaces,statistics,memory]
 
 1. ``epoch``: epoch time of a NESS task against a fine-tuning task (same model, data and task; target ≤ 1.15×).
@@ -25,13 +25,15 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
 import torch
 
 from ness_sweep import ness
-from ness_sweep.config import load_run_config
+from ness_sweep.config import RunConfig, load_run_config
 from ness_sweep.data import Task, TaskStream, permuted_digits
+from ness_sweep.mnist1d import permuted_mnist1d
 from ness_sweep.models import pick_device
 from ness_sweep.trainer import Trainer
 
@@ -264,6 +266,11 @@ def replay_vs_stream_peaks(case: str, device: torch.device) -> None:
         ratio(replay[k], stream[k]) for k in ("step", "rss_bytes", "cuda_bytes")) + " |", flush=True)
 
 
+def mnist1d_stream() -> TaskStream:
+    """Permuted MNIST-1D (3,600 training signals per task) from the default data_root, generated there once."""
+    return permuted_mnist1d(Path(RunConfig.data_root).expanduser(), 0, 0.1)
+
+
 def epoch_section(cases: List[str], digits: TaskStream, epochs: int, device: torch.device) -> None:
     print("\n## Epoch time: NESS task vs fine-tuning task (task 2, median of timed epochs)")
     print("| case | device | fine-tune s/epoch | NESS s/epoch | NESS / fine-tune | fine-tune samples/s | NESS samples/s | total rank |")
@@ -272,6 +279,9 @@ def epoch_section(cases: List[str], digits: TaskStream, epochs: int, device: tor
         ness_vs_finetune("MLP 64-256-256, permuted digits", digits, [], epochs, device)
     if "alexnet" in cases:
         ness_vs_finetune("AlexNet, 32x32x3 (2,500 images/task)", random_image_stream(3, 2500), CIFAR_OVERRIDES,
+                         epochs, device)
+    if "cnn1d" in cases:
+        ness_vs_finetune("CNN-1D, permuted MNIST-1D (3,600 signals/task)", mnist1d_stream(), ["model=cnn1d"],
                          epochs, device)
 
 
@@ -314,7 +324,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--epochs", type=int, default=5, help="timed epochs per method")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--cases", default="mlp,alexnet", help="comma-separated: mlp, alexnet")
+    parser.add_argument("--cases", default="mlp,alexnet,cnn1d", help="comma-separated: mlp, alexnet, cnn1d")
     parser.add_argument("--sections", default=",".join(SECTIONS), help="comma-separated: " + ", ".join(SECTIONS))
     parser.add_argument("--peak-child", nargs=2, metavar=("CASE", "MEMORY"), help=argparse.SUPPRESS)
     args = parser.parse_args()

@@ -1,6 +1,8 @@
 """NESS's numerical guarantees, checked as properties against brute-force computations."""
 
+import copy
 import itertools
+from collections import OrderedDict
 
 import pytest
 import torch
@@ -60,6 +62,42 @@ def test_unfolded_gram_equals_brute_force_patches(geometry, samples_per_chunk, m
     torch.testing.assert_close(grams["conv"], expected, rtol=1e-10, atol=1e-10)
 
 
+def brute_force_patches_1d(x: torch.Tensor, conv: nn.Conv1d) -> torch.Tensor:
+    """Each output position's receptive field along the signal, by explicit loops, in (c, k) order."""
+    (k,), (s,), (p,), (d,) = conv.kernel_size, conv.stride, conv.padding, conv.dilation
+    padded = F.pad(x, (p, p))
+    n, c, length = padded.shape
+    positions = (length - d * (k - 1) - 1) // s + 1
+    rows = [torch.stack([padded[b, ch, i * s + j * d] for ch in range(c) for j in range(k)])
+            for b, i in itertools.product(range(n), range(positions))]
+    return torch.stack(rows)
+
+
+CONVS_1D = [
+    dict(kernel_size=3, stride=1, padding=0, dilation=1),
+    dict(kernel_size=5, stride=2, padding=1, dilation=1),
+    dict(kernel_size=3, stride=3, padding=2, dilation=2),
+    dict(kernel_size=1, stride=2, padding=0, dilation=1),
+]
+
+
+@pytest.mark.parametrize("samples_per_chunk", [1, 2, 5])
+@pytest.mark.parametrize("geometry", CONVS_1D)
+def test_conv1d_gram_equals_brute_force_patches(geometry, samples_per_chunk, monkeypatch):
+    """The rows of a Conv1d are its 1-D patches, exactly as the convolution sees them."""
+    torch.manual_seed(0)
+    conv = nn.Conv1d(3, 4, bias=False, **geometry)
+    x = torch.randn(5, 3, 13)
+    rows = brute_force_patches_1d(x, conv)
+    monkeypatch.setattr(ness, "GRAM_CHUNK_VALUES", samples_per_chunk * (len(rows) // len(x)) * rows.shape[1])
+    out = conv(x).permute(0, 2, 1).reshape(-1, 4)
+    torch.testing.assert_close(rows @ conv.weight.view(4, -1).T, out, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(ness.input_rows(conv, x), rows, rtol=0, atol=0)
+    with ness.recording_grams({"conv": conv}) as grams:
+        conv(x)
+    torch.testing.assert_close(grams["conv"], rows.double().T @ rows.double(), rtol=1e-10, atol=1e-10)
+
+
 @pytest.mark.parametrize("samples_per_chunk", [1, 3, 7])
 def test_linear_gram_in_chunks_equals_full(samples_per_chunk, monkeypatch):
     torch.manual_seed(0)
@@ -75,22 +113,34 @@ def small_body():
                          nn.Flatten(), nn.Linear(3 * 3 * 3, 5, bias=False), nn.ReLU(), nn.Linear(5, 4))
 
 
+def small_body_1d():
+    """Padding, then stride with dilation: 9 positions → 6, then 3 × 6 features."""
+    return nn.Sequential(nn.Conv1d(2, 4, 3, padding=1, bias=False), nn.ReLU(),
+                         nn.Conv1d(4, 3, 2, stride=2, padding=2, dilation=2),
+                         nn.Flatten(), nn.Linear(3 * 6, 5, bias=False), nn.ReLU(), nn.Linear(5, 4))
+
+
+BODIES = {"conv2d": (small_body, (2, 6, 6)), "conv1d": (small_body_1d, (2, 9))}  # body, input shape
+
+
 class Net(nn.Module):
-    def __init__(self):
+    def __init__(self, body=None):
         super().__init__()
-        self.body = small_body()
+        self.body = small_body() if body is None else body
         self.heads = nn.ModuleList([nn.Linear(4, 2), nn.Linear(4, 2)])
 
     def forward(self, x, t):
         return self.heads[t](self.body(x))
 
 
-def test_one_pass_statistics_equal_per_layer_passes():
+@pytest.mark.parametrize("kind", BODIES)
+def test_one_pass_statistics_equal_per_layer_passes(kind):
     torch.manual_seed(1)
-    net = Net()
+    make_body, input_shape = BODIES[kind]
+    net = Net(make_body())
     layers = ness.adaptable_layers(net)
     assert list(layers) == ["0", "2", "4", "6"]
-    data = [torch.randn(5, 2, 6, 6) for _ in range(3)]
+    data = [torch.randn(5, *input_shape) for _ in range(3)]
     calls = []
     handle = net.body.register_forward_hook(lambda *args: calls.append(1))
     together = ness.collect_grams(net.body, layers, data)
@@ -103,10 +153,12 @@ def test_one_pass_statistics_equal_per_layer_passes():
         assert together[name].shape == (ness.input_width(layer),) * 2
 
 
-def test_zero_adapters_leave_network_unchanged_and_merge_keeps_outputs():
+@pytest.mark.parametrize("kind", BODIES)
+def test_zero_adapters_leave_network_unchanged_and_merge_keeps_outputs(kind):
     torch.manual_seed(2)
-    net = Net().eval()
-    x = torch.randn(4, 2, 6, 6)
+    make_body, input_shape = BODIES[kind]
+    net = Net(make_body()).eval()
+    x = torch.randn(4, *input_shape)
     before = net(x, 0)
     layers = ness.adaptable_layers(net)
     bases = {name: torch.linalg.qr(torch.randn(ness.input_width(l), 3))[0] for name, l in layers.items()}
@@ -123,7 +175,8 @@ def test_zero_adapters_leave_network_unchanged_and_merge_keeps_outputs():
 
 
 @pytest.mark.parametrize("layer", [nn.Linear(64, 48, bias=True),
-                                   nn.Conv2d(3, 8, (3, 2), stride=(2, 1), padding=(2, 1), dilation=(2, 1))])
+                                   nn.Conv2d(3, 8, (3, 2), stride=(2, 1), padding=(2, 1), dilation=(2, 1)),
+                                   nn.Conv1d(3, 8, 3, stride=2, padding=2, dilation=2)])
 @pytest.mark.parametrize("low_rank", [True, False])
 def test_both_adapter_paths_compute_w_plus_a_bt(layer, low_rank, monkeypatch):
     torch.manual_seed(3)
@@ -136,9 +189,11 @@ def test_both_adapter_paths_compute_w_plus_a_bt(layer, low_rank, monkeypatch):
         x = torch.randn(7, 64)
         expected = F.linear(x, weight, layer.bias)
     else:
-        x = torch.randn(2, 3, 9, 7)
-        expected = F.conv2d(x, weight, layer.bias, layer.stride, layer.padding, layer.dilation)
-        assert adapter._rows(x) == expected.shape[0] * expected.shape[2] * expected.shape[3]
+        one_d = isinstance(layer, nn.Conv1d)
+        x = torch.randn(2, 3, 11) if one_d else torch.randn(2, 3, 9, 7)
+        convolve = F.conv1d if one_d else F.conv2d
+        expected = convolve(x, weight, layer.bias, layer.stride, layer.padding, layer.dilation)
+        assert adapter._rows(x) == expected[:, 0].numel()  # samples × output positions
     torch.testing.assert_close(adapter(x), expected, rtol=1e-5, atol=1e-5)
 
 
@@ -186,26 +241,32 @@ def train_new_task(layer, x_new, steps=200, lr=0.05):
 
 
 def layer_outputs(layer, x):
+    """One row per sample (Linear) or per sample and output position (convolutions)."""
     out = layer(x)
-    return out.permute(0, 2, 3, 1).reshape(-1, out.shape[1]) if out.dim() == 4 else out
+    return out.movedim(1, -1).reshape(-1, out.shape[1]) if out.dim() > 2 else out
 
 
-@pytest.mark.parametrize("kind", ["linear", "conv"])
+def constant_per_channel(n: int, spatial, seed: int) -> torch.Tensor:
+    """Images or signals constant per channel (plus 1e-3 noise): unpadded patches span about two directions."""
+    g = torch.Generator().manual_seed(seed)
+    levels = torch.randn(n, 2, *[1] * len(spatial), generator=g)
+    return levels.expand(n, 2, *spatial) + 1e-3 * torch.randn(n, 2, *spatial, generator=g)
+
+
+@pytest.mark.parametrize("kind", ["linear", "conv", "conv1d"])
 def test_null_space_update_bounds_change_on_previous_inputs(kind):
     torch.manual_seed(5)
     if kind == "linear":
         layer = nn.Linear(24, 10, bias=False)
         x_old = low_energy_inputs(400, 24, 12, 1e-3, seed=6)
         x_new = torch.randn(200, 24)
+    elif kind == "conv":
+        layer = nn.Conv2d(2, 6, 3, stride=1, bias=False)  # patches: 2 directions of 18
+        x_old, x_new = constant_per_channel(40, (6, 6), seed=6), torch.randn(40, 2, 6, 6)
     else:
-        layer = nn.Conv2d(2, 6, 3, stride=1, bias=False)
-        # Old images are constant per channel: their patches span about two directions of 18.
-        g = torch.Generator().manual_seed(6)
-        x_old = torch.randn(40, 2, 1, 1, generator=g).expand(40, 2, 6, 6).contiguous()
-        x_old = x_old + 1e-3 * torch.randn(40, 2, 6, 6, generator=g)
-        x_new = torch.randn(40, 2, 6, 6)
-    finetuned = nn.Linear(24, 10, bias=False) if kind == "linear" else nn.Conv2d(2, 6, 3, bias=False)
-    finetuned.load_state_dict(layer.state_dict())
+        layer = nn.Conv1d(2, 6, 3, stride=2, dilation=2, bias=False)  # patches: 2 directions of 6
+        x_old, x_new = constant_per_channel(40, (12,), seed=6), torch.randn(40, 2, 12)
+    finetuned = copy.deepcopy(layer)
     with torch.no_grad():
         before = layer_outputs(layer, x_old)
     with ness.recording_grams({"l": layer}) as grams:
@@ -230,5 +291,19 @@ def test_groups_and_unsupported_layers_are_clear_errors():
         ness.check_adaptable(nn.Conv2d(4, 4, 3, groups=2))
     with pytest.raises(ValueError, match="padding"):
         ness.check_adaptable(nn.Conv2d(4, 4, 3, padding="same"))
-    with pytest.raises(ValueError, match="Conv1d"):
-        ness.check_adaptable(nn.Conv1d(4, 4, 3))
+    with pytest.raises(ValueError, match="Conv3d"):
+        ness.check_adaptable(nn.Conv3d(4, 4, 3))
+
+
+@pytest.mark.parametrize("conv, message", [
+    (nn.Conv1d(2, 4, 3, groups=2), "stem: Conv1d with groups=2 is not supported by NESS (groups must be 1)"),
+    (nn.Conv1d(2, 4, 3, padding="same"), "stem: Conv1d needs integer zero padding (got padding='same', "
+                                         "padding_mode='zeros')"),
+    (nn.Conv1d(2, 4, 3, padding=1, padding_mode="circular"), "stem: Conv1d needs integer zero padding "
+                                                             "(got padding=(1,), padding_mode='circular')"),
+])
+def test_conv1d_without_well_defined_rows_is_a_one_line_error_naming_the_layer(conv, message):
+    net = Net(nn.Sequential(OrderedDict([("stem", conv)])))
+    with pytest.raises(ValueError) as error:
+        ness.adaptable_layers(net)
+    assert str(error.value) == message

@@ -8,9 +8,12 @@ runs land in ``<sweep dir>/wandb``; ``sync_hint`` names the one command that upl
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import netrc
 import os
 import shlex
+import shutil
+from pathlib import Path
 from typing import Any, Dict, List, Optional
 from urllib.parse import urlparse
 
@@ -123,19 +126,31 @@ def artifacts_staged_in(directory: str):
             os.environ["WANDB_DATA_DIR"] = before
 
 
+def run_id(sweep_name: str, key: str) -> str:
+    """A W&B run id that is the same in every driver of one sweep: a resumed trial continues its own run.
+    Ids are unique per project, so the sweep's name (hashed: ids allow few characters) is part of it."""
+    return f"{key}-{hashlib.sha1(sweep_name.encode()).hexdigest()[:10]}"
+
+
 class WandbRuns(tune.Callback):
-    """One W&B run per trial in the sweep's group, and a ``<sweep>-summary`` run at the end.
+    """One W&B run per trial in the sweep's group, and one ``<sweep>-summary`` run at the end.
 
     A trial's run holds its full resolved config; after each task ``task``, ``acc_seen``, each seen task's
     accuracy (``acc_task/N``) and the rank chosen per layer (``rank/LAYER``); at the end the summary holds
     the final metrics, the accuracy matrix as a table and as a heatmap. The summary run holds the results
     table, read from ``results.parquet``: list this callback after ``ResultsTable``, which writes it when
     the experiment ends.
+
+    Across a kill and ``resume=true`` every run keeps its id. Offline, a run that a killed driver left open
+    holds only the tasks before the kill (or nothing): it is removed, and the resumed trial's run is
+    written anew from task 1, since every report carries the trial's whole per-task history. Online, W&B
+    resumes the run on its server and only the tasks it lacks are logged.
     """
 
     def __init__(self, plan, directory: str):
         self.plan, self.directory = plan, directory
         self.runs: Dict[str, Any] = {}
+        self.logged: Dict[str, int] = {}  # trial id -> tasks its run holds
 
     @property
     def _wandb_dir(self) -> str:
@@ -149,31 +164,42 @@ class WandbRuns(tune.Callback):
         self.settings = wandb.Settings(silent=True, console="off", x_save_requirements=False, x_disable_stats=True,
                                        x_disable_machine_info=True, disable_git=True, disable_code=True)
 
-    def _init(self, name: str, config: Dict[str, Any], job_type: Optional[str] = None):
+    def _init(self, key: str, name: str, config: Dict[str, Any], job_type: Optional[str] = None):
         cfg = self.plan.cfg
+        run_key = run_id(self.plan.name, key)
+        if cfg.wandb.mode == "offline":
+            for stale in Path(self._wandb_dir).glob(f"offline-run-*-{run_key}"):
+                shutil.rmtree(stale)  # a killed driver's partial copy of this run: written anew below
         return self.wandb.init(
             mode=cfg.wandb.mode, project=cfg.wandb.project, entity=cfg.wandb.entity,
             group=cfg.wandb.group or self.plan.name, name=name, job_type=job_type, dir=self.directory,
-            config=config, reinit="create_new", settings=self.settings)
+            config=config, id=run_key, resume="allow" if cfg.wandb.mode == "online" else None,
+            reinit="create_new", settings=self.settings)
 
     def on_trial_start(self, iteration, trials, trial, **info):
         if trial.trial_id in self.runs:
             return
-        config = resolved(sweep.trial_run_config(self.plan.run_settings(), trial.config))
-        config["seeds"] = self.plan.seeds
-        run = self._init(trial.trial_id, config)
+        cfg = sweep.trial_run_config(self.plan.run_settings(), trial.config)
+        config = resolved(cfg)
+        config["seeds"] = self.plan.trial_seeds(cfg)
+        run = self._init(trial.trial_id, trial.trial_id, config)
         for key in PER_TASK_KEYS:
             run.define_metric(key, step_metric="task")
         self.runs[trial.trial_id] = run
+        self.logged[trial.trial_id] = int(run.summary.get("task", 0) or 0)  # > 0 only for a resumed online run
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         run = self.runs.get(trial.trial_id)
-        if run is None or "acc_seen" not in result:
+        if run is None:
             return
-        logged = {"task": result["task"], "acc_seen": result["acc_seen"]}
-        logged.update({f"acc_task/{j + 1}": acc for j, acc in enumerate(result.get("acc_row", []))})
-        logged.update({f"rank/{layer}": rank for layer, rank in result.get("task_ranks", {}).items()})
-        run.log(logged)
+        for entry in result.get("history", []):
+            if entry["task"] <= self.logged[trial.trial_id]:
+                continue
+            logged = {"task": entry["task"], "acc_seen": entry["acc_seen"]}
+            logged.update({f"acc_task/{j + 1}": acc for j, acc in enumerate(entry["acc_row"])})
+            logged.update({f"rank/{layer}": rank for layer, rank in entry["task_ranks"].items()})
+            run.log(logged)
+            self.logged[trial.trial_id] = entry["task"]
 
     def _finish(self, trial, status: str) -> None:
         run = self.runs.pop(trial.trial_id, None)
@@ -201,7 +227,19 @@ class WandbRuns(tune.Callback):
     def on_experiment_end(self, trials, **info):
         for trial in trials:
             self._finish(trial, "UNFINISHED")
+        self.remove_orphans({trial.trial_id for trial in trials})
         self.log_results_table()
+
+    def remove_orphans(self, trial_ids) -> None:
+        """Offline runs of trials that Tune no longer knows: a driver killed before Tune saved its state
+        forgets the trials it had just started, and their runs would upload as fragments."""
+        if self.plan.cfg.wandb.mode != "offline":
+            return
+        suffix = run_id(self.plan.name, "")
+        keep = {run_id(self.plan.name, key) for key in [*trial_ids, "summary"]}
+        for folder in Path(self._wandb_dir).glob(f"offline-run-*{suffix}"):
+            if not any(folder.name.endswith(f"-{key}") for key in keep):
+                shutil.rmtree(folder)
 
     def log_results_table(self) -> None:
         """The sweep-level run: every trial's config columns, status and final metrics in one table,
@@ -211,7 +249,8 @@ class WandbRuns(tune.Callback):
         columns = ["trial_id", "status", *meta["config_columns"], *TABLE_METRICS]
         rows = [[row[c] for c in columns] for row in table.to_pylist()]
         config = {key: meta[key] for key in ("space", "metrics", "modes", "searched")}
-        run = self._init(f"{self.plan.name}-summary", {**config, "trials": len(rows)}, job_type=SUMMARY_JOB_TYPE)
+        run = self._init("summary", f"{self.plan.name}-summary", {**config, "trials": len(rows)},
+                         job_type=SUMMARY_JOB_TYPE)
         wandb_table = self.wandb.Table(columns=columns, data=rows)
         with artifacts_staged_in(self._wandb_dir):
             run.log({"results": wandb_table,

@@ -142,7 +142,8 @@ def register(name: str) -> Callable:
 def load_stream(benchmark: str, data_root: str, seed: int, valid_fraction: float, task_order: str = "fixed",
                 download: bool = False) -> TaskStream:
     """The benchmark's tasks, in the paper's order or (``task_order=seeded``) shuffled by the seed;
-    with ``download``, missing files that torchvision can fetch are downloaded first."""
+    with ``download``, missing files that torchvision can fetch are downloaded first. The stream is
+    stamped with the settings that shaped it (``meta["settings"]``), which ``check_stream`` compares."""
     if benchmark not in LOADERS:
         from . import mnist1d, paper_benchmarks  # noqa: F401  (register the generated and file-based benchmarks)
     if benchmark not in LOADERS:
@@ -152,13 +153,34 @@ def load_stream(benchmark: str, data_root: str, seed: int, valid_fraction: float
         order = list(range(len(stream.tasks)))
         random.Random(seed).shuffle(order)
         stream.tasks = [stream.tasks[i] for i in order]
-        stream.meta["task_order"] = order
+    stream.meta["settings"] = {"benchmark": benchmark, "data_root": data_root, "download": download, "seed": seed,
+                               "train.valid_fraction": valid_fraction, "task_order": task_order}
     return stream
+
+
+# The run settings that decide which stream a run trains on: a sweep loads one stream per distinct value.
+STREAM_KEYS = ("benchmark", "data_root", "download", "seed", "train.valid_fraction", "task_order")
+
+
+def stream_settings(cfg, seed: int) -> Dict[str, object]:
+    """The stream-shaping settings of a run config with the given seed (``STREAM_KEYS``)."""
+    return {"benchmark": cfg.benchmark, "data_root": cfg.data_root, "download": cfg.download, "seed": seed,
+            "train.valid_fraction": cfg.train.valid_fraction, "task_order": cfg.task_order}
 
 
 def stream_for(cfg, seed: int) -> TaskStream:
     """The stream a run config asks for, with the given seed (the seed shapes splits and orders)."""
-    return load_stream(cfg.benchmark, cfg.data_root, seed, cfg.train.valid_fraction, cfg.task_order, cfg.download)
+    s = stream_settings(cfg, seed)
+    return load_stream(s["benchmark"], s["data_root"], seed, s["train.valid_fraction"], s["task_order"], s["download"])
+
+
+def check_stream(stream: TaskStream, cfg, seed: int) -> None:
+    """Refuse to train on a stream that the run's settings do not describe: its record would be false."""
+    wanted, made = stream_settings(cfg, seed), stream.meta.get("settings")
+    if made != wanted:
+        differ = sorted(k for k in wanted if (made or {}).get(k, object()) != wanted[k])
+        raise RuntimeError(f"stream mismatch: the run's settings ask for {', '.join(f'{k}={wanted[k]}' for k in differ)}"
+                           f" but the stream was made with {made}; refusing to train")
 
 
 def seed_everything(seed: int) -> None:

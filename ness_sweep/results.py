@@ -51,6 +51,7 @@ METRIC_COLUMNS = [
     ("seconds", pa.float64()),  # training time, summed over seeds
     ("error", pa.string()),
     ("started_at_task", pa.int64()),  # where the trial's last attempt began: > 0 after a restart or resume
+    ("recovery", pa.string()),  # set when an unreadable checkpoint was passed over: what the trial continued from
 ]
 FINISHED = "TERMINATED"
 ENDED = (FINISHED, "STOPPED", "DIVERGED", "ERROR")  # the other statuses mean unfinished (resume=true continues)
@@ -176,18 +177,16 @@ def run_settings(row: Dict[str, Any], table: pa.Table) -> Dict[str, Any]:
 
 def train_command(row: Dict[str, Any], table: pa.Table) -> str:
     """``python -m ness_sweep.train ...`` rerunning the trial: the benchmark, the searched keys, every key that
-    differs from the schema default and the seed(s). On the CPU it pins torch to the trial's thread count
-    (OMP_NUM_THREADS): float sums in another order would change the last digits, and training amplifies them."""
+    differs from the schema default, the seed(s), and always ``threads`` and ``device``: on the CPU float sums
+    in another order would change the last digits, and training amplifies them."""
     from .config import RunConfig  # the schema defaults, to leave out what a rerun gets anyway
 
     defaults = flatten(OmegaConf.to_container(OmegaConf.structured(RunConfig)))
     meta = sweep_metadata(table)
-    parts = []
-    for key, value in run_settings(row, table).items():
-        if key in ("benchmark", "seed", "seeds") or key in meta["searched"] or defaults.get(key, object()) != value:
-            parts.append(f"{key}={_yaml_scalar(value)}")
-    threads = [f"OMP_NUM_THREADS={meta['threads']}"] if row.get("device") == "cpu" else []
-    return " ".join(threads + [shlex.join(["python", "-m", "ness_sweep.train", *parts])])
+    always = ("benchmark", "seed", "seeds", "threads", "device", *meta["searched"])
+    parts = [f"{key}={_yaml_scalar(value)}" for key, value in run_settings(row, table).items()
+             if key in always or defaults.get(key, object()) != value]
+    return shlex.join(["python", "-m", "ness_sweep.train", *parts])
 
 
 def best_config_yaml(row: Dict[str, Any], table: pa.Table) -> str:

@@ -48,9 +48,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     print(leaderboard(outcome.table))
     unfinished = sum(status not in ENDED for status in outcome.table.column("status").to_pylist())
     if unfinished:
-        kept = [a for a in argv if not a.startswith(("sweep.name=", "resume="))]
+        where = [f"output_dir={plan.cfg.output_dir}"] if plan.cfg.output_dir != SweepConfig.output_dir else []
         print(f"{unfinished} trials unfinished; continue with: "
-              + shlex.join(["python", "-m", "ness_sweep.run", *kept, f"sweep.name={plan.name}", "resume=true"]))
+              + shlex.join(["python", "-m", "ness_sweep.run", f"sweep.name={plan.name}", *where, "resume=true"]))
     best = sweep.write_best_config(outcome)
     if best:
         print(f"best configuration written to {best} (a preset: python -m ness_sweep.train preset={best})")

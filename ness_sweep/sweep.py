@@ -8,10 +8,16 @@ driver print one line per finished trial, keep one W&B run per trial and rewrite
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import itertools
+import json
+import logging
 import math
 import os
+import posixpath
 import random
+import socket
 import tempfile
 import threading
 import time
@@ -35,21 +41,29 @@ import pyarrow.fs as pafs  # noqa: E402
 import ray  # noqa: E402
 import torch  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
+from omegaconf.errors import OmegaConfBaseException  # noqa: E402
 from ray import tune  # noqa: E402
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler  # noqa: E402
 from ray.tune.search.optuna import OptunaSearch  # noqa: E402
 
 from . import dashboards, results  # noqa: E402
-from .config import (ConfigError, RunConfig, SweepConfig, SweepSettings, flatten, load_preset, merge_onto,  # noqa: E402
-                     parse_overrides, resolved, validate_run, validate_sweep)
-from .data import TaskStream, stream_for  # noqa: E402
+from .config import (ConfigError, RunConfig, SweepConfig, SweepSettings, flatten, joins_cluster,  # noqa: E402
+                     load_preset, merge_onto, parse_overrides, resolved, validate_run, validate_sweep)
+from .data import STREAM_KEYS, TaskStream, check_stream, stream_for, stream_settings  # noqa: E402
 from .train import mean_std  # noqa: E402
-from .trainer import TaskResult, Trainer  # noqa: E402
+from .trainer import Trainer  # noqa: E402
+from .metrics import seen_accuracy  # noqa: E402
 
 DISTRIBUTIONS = ("loguniform", "uniform", "int", "choice")
 SPACE_SECTIONS = ("description", "search", "fixed", "sweep")
 NATURAL_MODE = {"acc": "max", "bwt": "max", "forgetting": "min"}  # the sweep's possible objectives
 DEFAULT_NUM_SAMPLES = 10
+PLAN_FILE = "plan.yaml"  # the resolved plan, written when a sweep starts; resume=true continues it
+# Keys a resume may change: where and how fast the sweep runs, never what a trial trains.
+RESUME_MAY_CHANGE = ("resume", "output_dir", "sweep.name", "sweep.max_concurrent", "ray.address", "wandb.mode",
+                     "trial.max_failures")
+MAX_STREAMS = 16  # distinct task streams a sweep may hold in Ray's object store (searched stream-shaping keys)
+CLUSTER_CONNECT_TIMEOUT_S = 30.0
 # Run-config keys that are not columns of the results table: seeds get their own column, the rest
 # only steer a single run's command line.
 NOT_COLUMNS = ("seed", "seeds", "output", "preset")
@@ -159,12 +173,16 @@ def parse_distribution(spec: Any, where: str) -> Distribution:
         for option in values:
             if option is not None and not isinstance(option, (bool, int, float, str)):
                 raise ConfigError(f"{where}: choice options must be numbers, strings, booleans or null; got {option!r}")
+            if isinstance(option, float) and not math.isfinite(option):
+                raise ConfigError(f"{where}: choice options must be finite numbers; got {option!r}")
         return Distribution(kind, tuple(values))
     numbers = int if kind == "int" else (int, float)
     if len(values) != 2 or not all(isinstance(v, numbers) and not isinstance(v, bool) for v in values):
         wanted = "two integers" if kind == "int" else "two numbers"
         raise ConfigError(f"{where}: {kind} needs {wanted} [low, high]; got {values}")
     low, high = values if kind == "int" else (float(values[0]), float(values[1]))
+    if not (math.isfinite(low) and math.isfinite(high)):
+        raise ConfigError(f"{where}: {kind} needs finite bounds; got {values}")
     if low > high:
         raise ConfigError(f"{where}: {kind} low {low} > high {high}")
     if kind == "loguniform" and low <= 0:
@@ -182,9 +200,10 @@ class SweepPlan:
     modes: List[str]
     scheduler: str  # asha | fifo
     num_samples: int
-    seeds: List[int]  # every trial runs each of these
+    seeds: Optional[List[int]]  # every trial runs each of these; None when the space searches `seed`
     name: str
     device: str  # what trials train on: cpu, cuda, cuda:N
+    command_line: List[str] = dataclasses.field(default_factory=list)  # as the sweep was started
 
     @property
     def sweep_dir(self) -> str:
@@ -194,53 +213,164 @@ class SweepPlan:
         """The run-config part every trial starts from, with the device resolved."""
         everything = resolved(self.cfg)
         settings = {f.name: everything[f.name] for f in dataclasses.fields(RunConfig)}
-        settings.update(device=self.device, seed=self.seeds[0], seeds=None)
+        settings.update(device=self.device, seeds=None)
+        if self.seeds:
+            settings["seed"] = self.seeds[0]
         return settings
+
+    def trial_seeds(self, cfg: DictConfig) -> List[int]:
+        """The seeds one trial runs: the sweep's, or the trial's own (sampled) seed."""
+        return list(self.seeds) if self.seeds else [int(cfg.seed)]
+
+    def record(self) -> Dict[str, Any]:
+        """What ``plan.yaml`` holds: enough to continue exactly this plan (``resume_plan``)."""
+        space = self.space
+        return {"name": self.name, "command_line": list(self.command_line), "config": resolved(self.cfg),
+                "space": {"name": space.name, "source": space.source, "description": space.description,
+                          "search": {k: {d.kind: list(d.values)} for k, d in space.search.items()},
+                          "fixed": space.fixed, "sweep": space.sweep},
+                "metrics": self.metrics, "modes": self.modes, "scheduler": self.scheduler,
+                "num_samples": self.num_samples, "seeds": self.seeds, "device": self.device}
 
 
 def build_plan(args: List[str], now: Optional[datetime] = None) -> SweepPlan:
-    """Parse and validate everything; raises ConfigError (one line) before anything is created."""
+    """Parse and validate everything; raises ConfigError (one line) before anything is created.
+    ``resume=true`` continues the plan stored in the sweep's folder (``resume_plan``)."""
     overrides = parse_overrides(args)
+    if overrides.get("resume") is True:
+        return resume_plan(args, overrides)
     if not overrides.get("space"):
         raise ConfigError(f"space: required; known spaces: {', '.join(known_spaces())} (or a path to a .yaml file)")
     space = load_space(str(overrides.space))
-    command_line = flatten(OmegaConf.to_container(overrides))
     run_keys = _schema_types(RunConfig)
     for section, keys in (("search", space.search), ("fixed", space.fixed)):
         for key in keys:
             if key not in run_keys:
                 raise ConfigError(f"{space.source}: {section}.{key}: unknown key; spaces search and fix run "
                                   "settings such as train.lr or ness.threshold (python -m ness_sweep.train --help)")
+    where_trials_run = {"ray": OmegaConf.to_container(overrides).get("ray", {})}  # a cluster's GPUs are not here
     for key, value in space.fixed.items():
-        _checked(lambda: merge_onto(RunConfig, _nested({key: value})), f"{space.source}: fixed.{key}")
+        _checked(lambda: validate_run(merge_onto(SweepConfig, where_trials_run, _nested({key: value}))),
+                 f"{space.source}: fixed.{key}")
     _checked(lambda: merge_onto(SweepSettings, space.sweep), f"{space.source}: sweep")
     layers = [_nested(space.fixed), {"sweep": space.sweep}]
     if overrides.get("preset"):
         layers.append(load_preset(str(overrides.preset)))  # a preset named on the command line beats the space
     cfg = merge_onto(SweepConfig, *layers, overrides)
+    plan = _complete_plan(cfg, space, list(args))
+    plan.name = _sweep_name(plan, now or datetime.now())
+    check_writable(plan.cfg.output_dir, plan.name)
+    return plan
+
+
+def _complete_plan(cfg: DictConfig, space: SearchSpace, command_line: List[str]) -> SweepPlan:
+    """Validate the merged config against the space and decide objectives, scheduler, seeds and device."""
     validate_run(cfg)
     validate_sweep(cfg)
-    if not joins_cluster(cfg):
+    if joins_cluster(cfg):
+        check_cluster_reachable(cfg)
+    else:
         check_local_resources(cfg)
-    searched = {key: dist for key, dist in space.search.items() if key not in command_line}
+    given = flatten(OmegaConf.to_container(parse_overrides(command_line)))
+    searched = {key: dist for key, dist in space.search.items() if key not in given}
     if not searched:
         raise ConfigError(f"space={space.name}: the command line fixes every searched key "
                           f"({', '.join(space.search)}); nothing is left to search")
     space = dataclasses.replace(space, search=searched)
     everything = resolved(cfg)
-    base = {f.name: everything[f.name] for f in dataclasses.fields(RunConfig)}
     for key, dist in searched.items():
         for value in dist.values:  # every sample lies between the bounds (or is an option): check those
-            _checked(lambda: validate_run(merge_onto(RunConfig, base, _nested({key: value}))),
+            _checked(lambda: validate_run(merge_onto(SweepConfig, everything, _nested({key: value}))),
                      f"{space.source}: search.{key}: {dist.kind} value {value!r}")
-    metrics, modes = _objectives(cfg, command_line)
+    metrics, modes = _objectives(cfg, given)
     scheduler = cfg.sweep.scheduler or ("asha" if len(metrics) == 1 else "fifo")
-    seeds = list(cfg.trial.seeds or cfg.seeds or [cfg.seed])
+    listed = cfg.trial.seeds or cfg.seeds
+    if "seed" in searched and listed:
+        raise ConfigError(f"{space.source}: search.seed: the space searches the seed, so trial.seeds / seeds "
+                          "cannot fix it too; drop one of them")
+    seeds = None if "seed" in searched else list(listed or [cfg.seed])
     plan = SweepPlan(cfg, space, metrics, modes, scheduler, cfg.sweep.num_samples or DEFAULT_NUM_SAMPLES,
-                     seeds, name="", device=_trial_device(cfg))
-    plan.name = _sweep_name(plan, now or datetime.now())
+                     seeds, name=str(cfg.sweep.name or ""), device=_trial_device(cfg), command_line=command_line)
     _column_types(plan)  # choice options of mixed types fail here, not at the end of the sweep
+    stream_variants(plan)  # searched stream-shaping keys: finitely many streams, or refused here
     return plan
+
+
+def resume_plan(args: List[str], overrides: DictConfig) -> SweepPlan:
+    """The plan stored in ``OUTPUT_DIR/NAME/plan.yaml``, with only the keys in ``RESUME_MAY_CHANGE`` taken
+    from this command line; any other key that differs from the stored plan is refused, naming the keys."""
+    name = overrides.get("sweep", {}).get("name")
+    if not name:
+        raise ConfigError("resume=true: give sweep.name=NAME of the sweep to continue")
+    output_dir = str(overrides.get("output_dir") or SweepConfig.output_dir)
+    fs, root = results.filesystem_and_path(output_dir)
+    if "/" in str(name) or not results.exists(fs, f"{root}/{name}"):
+        raise ConfigError(f"resume=true: no sweep {name} in {output_dir} to resume")
+    path = f"{root}/{name}/{PLAN_FILE}"
+    if not results.exists(fs, path):
+        raise ConfigError(f"resume=true: {output_dir}/{name} has no {PLAN_FILE} (started by an older ness_sweep, "
+                          "or not a sweep folder): its plan is unknown, so it cannot be continued safely")
+    try:
+        with fs.open_input_stream(path) as stream:
+            record = OmegaConf.to_container(OmegaConf.create(stream.read().decode()))
+        stored = merge_onto(SweepConfig, record["config"])
+        space = space_from_record(record["space"])
+        stored_line = flatten(OmegaConf.to_container(parse_overrides(record["command_line"])))
+    except (ConfigError, KeyError, TypeError, ValueError, OmegaConfBaseException) as error:
+        raise ConfigError(f"{output_dir}/{name}/{PLAN_FILE}: unreadable plan ({_first_line(error)})") from None
+    given = flatten(OmegaConf.to_container(overrides))
+    stored_values = flatten(resolved(stored))
+    changed, allowed = [], {}
+    for key, value in given.items():
+        if key in RESUME_MAY_CHANGE:
+            allowed[key] = value
+        elif key in ("space", "preset"):
+            if str(stored_line.get(key)) != str(value):
+                changed.append(key)
+        elif flatten(resolved(merge_onto(SweepConfig, record["config"], _nested({key: value}))))[key] != stored_values[key]:
+            changed.append(key)
+    if changed:
+        raise ConfigError(f"resume=true: {', '.join(changed)} differ from the plan the sweep started with "
+                          f"({output_dir}/{name}/{PLAN_FILE}); a resume continues that plan, and may change only "
+                          f"{', '.join(k for k in RESUME_MAY_CHANGE if k not in ('resume', 'sweep.name'))}")
+    cfg = merge_onto(SweepConfig, record["config"], _nested(allowed),
+                     {"resume": True, "output_dir": output_dir, "sweep": {"name": str(name)}})
+    plan = _complete_plan(cfg, space, list(record["command_line"]))
+    plan.name = str(name)
+    check_writable(output_dir, plan.name)
+    return plan
+
+
+def space_from_record(record: Dict[str, Any]) -> SearchSpace:
+    """A space as ``SweepPlan.record`` stored it (the searched keys already parsed and checked once)."""
+    search = {key: parse_distribution(spec, f"{record['source']}: search.{key}") for key, spec in record["search"].items()}
+    return SearchSpace(record["name"], record["source"], record["description"], search, dict(record["fixed"]),
+                       dict(record["sweep"]))
+
+
+def check_writable(output_dir: str, name: str) -> None:
+    """The sweep folder can be made and written: checked by making (and removing) a probe in the nearest
+    folder that exists, so a bad ``output_dir`` or ``sweep.name`` fails before Ray starts and leaves nothing."""
+    fs, root = results.filesystem_and_path(output_dir)
+    if not isinstance(fs, pafs.LocalFileSystem):
+        return
+    target = Path(root) / name
+    existing = target
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(f"output_dir={output_dir}: {existing} is a file, not a folder")
+    longest = os.pathconf(existing, "PC_NAME_MAX")
+    for part in target.relative_to(existing).parts:
+        if len(part.encode()) > longest:
+            key = "sweep.name" if part == name else "output_dir"
+            raise ConfigError(f"{key}: {part[:40]}... is {len(part.encode())} bytes long; names here may have "
+                              f"at most {longest}")
+    try:
+        tempfile.TemporaryDirectory(dir=existing, prefix=".ness_sweep-probe-").cleanup()
+    except OSError as error:
+        raise ConfigError(f"output_dir={output_dir}: cannot create folders in {existing} "
+                          f"({error.strerror or _first_line(error)})") from None
 
 
 def _checked(check: Callable[[], Any], where: str) -> None:
@@ -269,7 +399,14 @@ def _objectives(cfg: DictConfig, command_line: Dict[str, Any]) -> Tuple[List[str
 
 
 def _trial_device(cfg: DictConfig) -> str:
-    """``device=auto`` means the GPU share a trial asks for (trial.gpu), else the CPU."""
+    """``device=auto`` means the GPU share a trial asks for (trial.gpu), else the CPU. Ray shows a trial only
+    the GPU it was given, as ``cuda:0``: CUDA without trial.gpu, or another index, cannot work."""
+    if cfg.device.startswith("cuda") and cfg.trial.gpu <= 0:
+        raise ConfigError(f"device={cfg.device}: a trial sees a GPU only when it asks for one; set trial.gpu "
+                          "(e.g. trial.gpu=0.25 for four trials per GPU) or device=auto")
+    if cfg.device.startswith("cuda:") and cfg.device != "cuda:0":
+        raise ConfigError(f"device={cfg.device}: Ray shows each trial only its own GPU, as cuda:0; "
+                          "use device=cuda or device=auto")
     if cfg.device != "auto":
         return cfg.device
     return "cuda" if cfg.trial.gpu > 0 else "cpu"
@@ -283,15 +420,10 @@ def _sweep_name(plan: SweepPlan, now: datetime) -> str:
         name = str(cfg.sweep.name)
         if "/" in name or name in (".", ".."):
             raise ConfigError(f"sweep.name={name}: must be a plain name, not a path")
-        taken = results.exists(fs, f"{root}/{name}")
-        if taken and not cfg.resume:
+        if results.exists(fs, f"{root}/{name}"):
             raise ConfigError(f"sweep.name={name}: {cfg.output_dir}/{name} exists; pick another name, "
                               "or resume=true to continue it")
-        if cfg.resume and not taken:
-            raise ConfigError(f"resume=true: no sweep {name} in {cfg.output_dir} to resume")
         return name
-    if cfg.resume:
-        raise ConfigError("resume=true: give sweep.name=NAME of the sweep to continue")
     name = f"{plan.space.name}-{now:%Y%m%d-%H%M%S}"
     candidate, n = name, 1
     while results.exists(fs, f"{root}/{candidate}"):
@@ -333,14 +465,13 @@ class SeedRun:
     def finished(self) -> bool:
         return self.trainer.next_task >= self.trainer.num_tasks
 
-    def step(self) -> TaskResult:
-        ended: List[TaskResult] = []
+    def step(self) -> None:
+        """Train the next task."""
         _set_global_rng_state(self.rng)
         try:
-            self.trainer.run(on_task_end=ended.append, until=self.trainer.next_task + 1)
+            self.trainer.run(until=self.trainer.next_task + 1)
         finally:
             self.rng = _global_rng_state()
-        return ended[0]
 
     def state_dict(self) -> dict:
         return {"trainer": self.trainer.state_dict(), "rng": self.rng}
@@ -357,21 +488,34 @@ def trial_run_config(settings: Dict[str, Any], params: Dict[str, Any]) -> DictCo
     return cfg
 
 
-def task_metrics(steps: List[TaskResult], runs: List[SeedRun]) -> Dict[str, Any]:
+def task_history(runs: List[SeedRun]) -> List[Dict[str, Any]]:
+    """Per finished task: acc_seen and the accuracy row (means over seeds), and the task's ranks (first seed's).
+    Every report carries the whole history, so a run resumed elsewhere can be logged from task 1."""
+    trainers = [run.trainer for run in runs]
+    history = []
+    for k in range(trainers[0].next_task):
+        rows = [t.rows[k] for t in trainers]
+        entry: Dict[str, Any] = {"task": k + 1}
+        entry["acc_seen"], std = mean_std([seen_accuracy(row) for row in rows])
+        if len(rows) > 1:
+            entry["acc_seen_std"] = std
+        entry["acc_row"] = [mean_std(list(cells))[0] for cells in zip(*rows)]
+        entry["task_ranks"] = trainers[0].ranks[k]
+        history.append(entry)
+    return history
+
+
+def task_metrics(runs: List[SeedRun]) -> Dict[str, Any]:
     """What a trial reports after a task: means over seeds (and std with several); everything at the end."""
-    metrics: Dict[str, Any] = {"task": steps[0].task, "seconds": sum(s.seconds for s in steps)}
-    several = len(steps) > 1
-    metrics["acc_seen"], std = mean_std([s.acc_seen for s in steps])
-    if several:
-        metrics["acc_seen_std"] = std
-    metrics["acc_row"] = [mean_std(list(cells))[0] for cells in zip(*(s.row for s in steps))]  # this row of R
-    metrics["task_ranks"] = steps[0].ranks  # this task's rank per layer (the first seed's, as ``ranks``)
+    history = task_history(runs)
+    metrics: Dict[str, Any] = {**history[-1], "history": history,
+                               "seconds": sum(run.trainer.seconds for run in runs)}
     if not runs[0].finished:
         return metrics
     finals = [run.trainer.result().to_dict() for run in runs]
     for key in ("acc", "bwt", "forgetting"):
         metrics[key], std = mean_std([f[key] for f in finals])
-        if several:
+        if len(runs) > 1:
             metrics[f"{key}_std"] = std
     matrices = [f["acc_matrix"] for f in finals]
     metrics["acc_matrix"] = [[None if cells[0] is None else sum(cells) / len(cells) for cells in zip(*rows)]
@@ -381,14 +525,54 @@ def task_metrics(steps: List[TaskResult], runs: List[SeedRun]) -> Dict[str, Any]
     return metrics
 
 
-def trial_threads(plan: SweepPlan) -> int:
-    """Torch threads per trial: its whole CPUs (at least one), so concurrent trials do not oversubscribe."""
-    return max(1, int(plan.cfg.trial.cpu))
+CHECKPOINT_FILE = "state.pt"
 
 
-def run_trial(params: Dict[str, Any], streams: Dict[int, TaskStream], settings: Dict[str, Any], threads: int) -> None:
-    """One Tune trial: train through the stream on each seed, report after every task.
+def load_checkpoint(checkpoint: Optional[tune.Checkpoint]) -> Tuple[Optional[list], Optional[str]]:
+    """The states of the trial's newest readable checkpoint, and a note when an unreadable one was passed over.
 
+    Tune hands back the last checkpoint its experiment state recorded, which can lag behind what the trial
+    wrote before a crash; the newest one in the trial's folder is taken instead. Tune keeps the last two:
+    a truncated or garbled newest one falls back to the one before, and with none readable the trial starts
+    afresh. The note says which, for the results table.
+    """
+    if checkpoint is None:
+        return None, None
+    failures = []
+    for candidate in _trial_checkpoints(checkpoint):
+        label = posixpath.basename(candidate.path.rstrip("/"))
+        try:
+            with candidate.as_directory() as directory:
+                states = torch.load(Path(directory) / CHECKPOINT_FILE, weights_only=False)
+        except Exception as error:  # truncated, garbled or missing: unpickling fails in many ways
+            failures.append(f"{label} unreadable ({_first_line(error)})")
+            continue
+        return states, ("; ".join(failures) + f"; continued from {label}") if failures else None
+    return None, "; ".join(failures) + "; started afresh"
+
+
+def _trial_checkpoints(checkpoint: tune.Checkpoint) -> List[tune.Checkpoint]:
+    """The trial's checkpoints (``checkpoint_NNNNNN`` beside the given one, which is always among them), the
+    highest number first. Numbers follow progress even after a restore from a lagging state: Tune numbers
+    the next checkpoints from the one it knew, and each holds a state at least as far as the one it replaces."""
+    fs, path = checkpoint.filesystem, checkpoint.path.rstrip("/")
+    parent = posixpath.dirname(path)
+    try:
+        entries = [e for e in fs.get_file_info(pafs.FileSelector(parent))
+                   if e.type == pafs.FileType.Directory and e.base_name.startswith("checkpoint_")]
+    except OSError:
+        entries = []
+    newest_first = sorted(entries, key=lambda e: e.base_name, reverse=True)
+    paths = [e.path for e in newest_first] + ([] if any(e.path == path for e in entries) else [path])
+    return [tune.Checkpoint(p, filesystem=fs) for p in paths]
+
+
+def run_trial(params: Dict[str, Any], streams: Dict[str, Any], settings: Dict[str, Any],
+              seeds: Optional[List[int]]) -> None:
+    """One Tune trial: train through the stream of its own settings on each seed, report after every task.
+
+    ``streams`` maps ``stream_key`` to an object-store reference of each stream the driver loaded; a trial
+    whose settings ask for a stream that is not there, or get one made from other settings, fails loudly.
     Every report carries a checkpoint (weights, statistics, accuracy rows, RNG states), so a trial
     restarted after a failure, or resumed with the sweep, continues from its last finished task;
     ``started_at_task`` says where this attempt began. A trial restored after its last task (the driver
@@ -396,29 +580,34 @@ def run_trial(params: Dict[str, Any], streams: Dict[int, TaskStream], settings: 
     A diverging loss (FloatingPointError) ends the trial with ``diverged``: a legitimate outcome of a
     search over learning rates, not a failure worth retrying.
     """
-    torch.set_num_threads(threads)
     cfg = trial_run_config(settings, params)
-    runs = [SeedRun(cfg, seed, stream) for seed, stream in streams.items()]
-    checkpoint = tune.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as directory:
-            states = torch.load(Path(directory) / "state.pt", weights_only=False)
-        for run, state in zip(runs, states):
-            run.load_state_dict(state)
-    where = {"node_id": ray.get_runtime_context().get_node_id(), "seeds": list(streams),
-             "started_at_task": runs[0].trainer.next_task}
+    torch.set_num_threads(cfg.threads)
+    runs = []
+    for seed in seeds or [int(cfg.seed)]:
+        wanted = stream_settings(cfg, seed)
+        if stream_key(wanted) not in streams:
+            raise RuntimeError(f"no task stream was loaded for this trial's settings {wanted}; refusing to train")
+        stream = ray.get(streams[stream_key(wanted)])
+        check_stream(stream, cfg, seed)
+        runs.append(SeedRun(cfg, seed, stream))
+    states, recovery = load_checkpoint(tune.get_checkpoint())
+    for run, state in zip(runs, states or []):
+        run.load_state_dict(state)
+    where = {"node_id": ray.get_runtime_context().get_node_id(), "seeds": [run.trainer.cfg.seed for run in runs],
+             "started_at_task": runs[0].trainer.next_task, "recovery": recovery}
     if runs[0].finished:
-        tune.report({**task_metrics([run.trainer.task_result() for run in runs], runs), **where})
+        tune.report({**task_metrics(runs), **where})
         return
     while not runs[0].finished:
         try:
-            steps = [run.step() for run in runs]
+            for run in runs:
+                run.step()
         except FloatingPointError as error:
             tune.report({"task": runs[0].trainer.next_task, "diverged": True, "error": str(error), **where})
             return
-        metrics = {**task_metrics(steps, runs), **where}
+        metrics = {**task_metrics(runs), **where}
         with tempfile.TemporaryDirectory() as directory:
-            torch.save([run.state_dict() for run in runs], Path(directory) / "state.pt")
+            torch.save([run.state_dict() for run in runs], Path(directory) / CHECKPOINT_FILE)
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))
 
 
@@ -436,9 +625,15 @@ def trial_status(result: Dict[str, Any], errored: bool = False) -> str:
 
 
 def _error_text(trial) -> Optional[str]:
-    error = trial.get_error()
-    lines = [line for line in str(error or "").splitlines() if line.strip()]
-    return lines[-1].strip() if lines else None
+    """The trial's whole error (Ray's traceback included): the table keeps it all."""
+    text = str(trial.get_error() or "").strip()
+    return text or None
+
+
+def _error_line(trial) -> str:
+    """The error in one line for the sweep's output: its last non-empty line, the exception itself."""
+    lines = [line.strip() for line in (_error_text(trial) or "").splitlines() if line.strip()]
+    return lines[-1] if lines else "the trial failed without a message"
 
 
 def _short_params(params: Dict[str, Any]) -> str:
@@ -470,7 +665,7 @@ class ProgressLines(tune.Callback):
                                       f"acc_seen {result.get('acc_seen', float('nan')):.2f}")
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self._line(trials, trial, f"error    {_error_text(trial)}")
+        self._line(trials, trial, f"error    {_error_line(trial)} (the whole error: the row's error column)")
 
 
 class ResultsTable(tune.Callback):
@@ -486,7 +681,6 @@ class ResultsTable(tune.Callback):
             "modes": plan.modes,
             "searched": list(plan.space.search),
             "config_columns": [name for name, _ in self.columns],
-            "threads": trial_threads(plan),
         })
         self.settings = plan.run_settings()
         self.statuses: Dict[str, str] = {}  # trial id -> how it ended, as seen here
@@ -495,8 +689,10 @@ class ResultsTable(tune.Callback):
 
     def config_cells(self, trial) -> Dict[str, Any]:
         if trial.trial_id not in self.configs:
-            config = flatten(resolved(trial_run_config(self.settings, trial.config)))
+            cfg = trial_run_config(self.settings, trial.config)
+            config = flatten(resolved(cfg))
             self.configs[trial.trial_id] = {key: config[key] for key, _ in self.columns}
+            self.configs[trial.trial_id]["seeds"] = self.plan.trial_seeds(cfg)
         return self.configs[trial.trial_id]
 
     def note_ended_before(self, trials) -> None:
@@ -520,7 +716,7 @@ class ResultsTable(tune.Callback):
         result = trial.last_result or {}
         status = self.status(trial, running)
         row = {"trial_id": trial.trial_id, "status": status, "node_ip": result.get("node_ip"),
-               "node_id": result.get("node_id"), "seeds": self.plan.seeds, **self.config_cells(trial)}
+               "node_id": result.get("node_id"), **self.config_cells(trial)}
         for name, _ in results.METRIC_COLUMNS:
             if name not in row:
                 row[name] = result.get(name)
@@ -616,10 +812,6 @@ def connect_ray(plan: SweepPlan) -> bool:
     return True
 
 
-def joins_cluster(cfg: DictConfig) -> bool:
-    return bool(cfg.ray.address or os.environ.get("RAY_ADDRESS"))
-
-
 def check_local_resources(cfg: DictConfig) -> None:
     """A trial asking for more than this machine has would wait forever: say so before starting."""
     cpus = machine_cpus()
@@ -649,9 +841,55 @@ def concurrency(plan: SweepPlan) -> int:
     return max(1, fits)
 
 
-def load_streams(plan: SweepPlan) -> Dict[int, TaskStream]:
-    """Each seed's task stream (the seed shapes splits and permutations), loaded once in the driver."""
-    return {seed: stream_for(plan.cfg, seed) for seed in plan.seeds}
+def stream_key(settings: Dict[str, Any]) -> str:
+    """A stream's identity: its stream-shaping settings (``data.stream_settings``) as canonical JSON."""
+    return json.dumps(settings, sort_keys=True)
+
+
+def stream_variants(plan: SweepPlan) -> Dict[str, Tuple[DictConfig, int]]:
+    """Every stream some trial may train on, keyed by ``stream_key``: a run config and seed that make it.
+
+    Searched keys that shape the stream (``data.STREAM_KEYS``) take each of their options: choice, or
+    every integer of an int range. A continuous distribution over such a key would need a new stream per
+    trial, and more than ``MAX_STREAMS`` streams would crowd the object store: both are refused.
+    """
+    options = {}
+    for key, dist in plan.space.search.items():
+        if key not in STREAM_KEYS:
+            continue
+        if dist.kind in ("uniform", "loguniform"):
+            raise ConfigError(f"{plan.space.source}: search.{key}: {key} shapes the task stream, which the driver "
+                              f"loads once per value; search it with choice (or int), not {dist.kind}")
+        options[key] = list(range(dist.values[0], dist.values[1] + 1)) if dist.kind == "int" else list(dist.values)
+    count = math.prod(len(values) for values in options.values()) * len(plan.seeds or [None])
+    if count > MAX_STREAMS:
+        raise ConfigError(f"{plan.space.source}: the searched stream-shaping keys ({', '.join(options)}) give {count} "
+                          f"task streams; a sweep holds at most {MAX_STREAMS}: search fewer values")
+    variants = {}
+    for combo in itertools.product(*options.values()):
+        cfg = trial_run_config(plan.run_settings(), dict(zip(options, combo)))
+        for seed in plan.trial_seeds(cfg):
+            variants.setdefault(stream_key(stream_settings(cfg, seed)), (cfg, seed))
+    return variants
+
+
+def load_streams(plan: SweepPlan) -> Dict[str, TaskStream]:
+    """Each distinct task stream of the sweep, loaded once in the driver, keyed by ``stream_key``."""
+    return {key: stream_for(cfg, seed) for key, (cfg, seed) in stream_variants(plan).items()}
+
+
+def check_cluster_reachable(cfg: DictConfig) -> None:
+    """A ``host:port`` cluster address that nothing answers on would make Ray wait for minutes: try it first,
+    for at most ``CLUSTER_CONNECT_TIMEOUT_S``. ``auto`` and ``ray://`` addresses are left to Ray."""
+    address = str(cfg.ray.address or os.environ.get("RAY_ADDRESS") or "")
+    host, _, port = address.rpartition(":")
+    if "://" in address or not host or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host, int(port)), timeout=CLUSTER_CONNECT_TIMEOUT_S).close()
+    except OSError as error:
+        raise ConfigError(f"ray.address={address}: no Ray cluster answers there "
+                          f"({error.strerror or _first_line(error)}); start one (`ray start --head`) or fix the address") from None
 
 
 @dataclass
@@ -668,26 +906,53 @@ def run_sweep(plan: SweepPlan, out: Callable[[str], None] = print) -> SweepOutco
     if plan.cfg.wandb.mode != "disabled":
         threading.Thread(target=_import_wandb, daemon=True).start()  # ~1 s, overlapping Ray's start
     streams = load_streams(plan)
-    num_tasks = len(next(iter(streams.values())).tasks)
+    num_tasks = max(len(stream.tasks) for stream in streams.values())
     os.environ.update(TUNE_ENVIRONMENT)
     connected = connect_ray(plan)
     try:
         fs, root = results.filesystem_and_path(plan.cfg.output_dir)
-        fs.create_dir(f"{root}/{plan.name}", recursive=True)
+        if not plan.cfg.resume:
+            fs.create_dir(f"{root}/{plan.name}", recursive=True)
+            write_plan(plan, fs, root)
         parallel = concurrency(plan)
         out(f"sweep {plan.name}: {plan.num_samples} trials of {plan.space.source}, {parallel} at a time, "
             f"{', '.join(f'{m} ({mode})' for m, mode in zip(plan.metrics, plan.modes))}, scheduler {plan.scheduler}, "
-            f"{plan.cfg.benchmark} on {plan.device}; results in {plan.sweep_dir}")
-        with WandbDirectory(plan) as wandb_dir:
+            f"{_benchmarks(streams)} on {plan.device}; results in {plan.sweep_dir}")
+        refs = {key: ray.put(stream) for key, stream in streams.items()}
+        with WandbDirectory(plan) as wandb_dir, _quiet_tune_errors():
             callbacks = [ProgressLines(plan, num_tasks, out), ResultsTable(plan)]
             if plan.cfg.wandb.mode != "disabled":
                 callbacks.append(dashboards.WandbRuns(plan, wandb_dir))  # after ResultsTable: reads its table
-            _tuner(plan, streams, num_tasks, parallel, callbacks, fs, root).fit()
+            _tuner(plan, refs, num_tasks, parallel, callbacks, fs, root).fit()
     finally:
         if connected:
             ray.shutdown()
     table = results.read_table(plan.sweep_dir)
     return SweepOutcome(table, plan.sweep_dir, time.perf_counter() - started, parallel)
+
+
+def _benchmarks(streams: Dict[str, TaskStream]) -> str:
+    return ", ".join(sorted({stream.name for stream in streams.values()}))
+
+
+def write_plan(plan: SweepPlan, fs: pafs.FileSystem, root: str) -> None:
+    """``plan.yaml``: the resolved plan and the command line, the only thing ``resume=true`` continues."""
+    text = ("# The plan this sweep started with; `resume=true sweep.name=NAME` continues exactly this plan.\n"
+            + OmegaConf.to_yaml(OmegaConf.create(plan.record())))
+    results.write_atomically(fs, f"{root}/{plan.name}/{PLAN_FILE}", text.encode())
+
+
+@contextlib.contextmanager
+def _quiet_tune_errors():
+    """Tune logs a failed trial's whole traceback (about 40 lines); the sweep prints one line of its own
+    and keeps the whole text in the row's ``error`` column, so Tune's own error log is muted meanwhile."""
+    logger = logging.getLogger("ray.tune")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def _import_wandb() -> None:
@@ -696,13 +961,23 @@ def _import_wandb() -> None:
     wandb.setup()
 
 
-def _tuner(plan: SweepPlan, streams, num_tasks: int, parallel: int, callbacks, fs, root: str) -> tune.Tuner:
+def _tuner(plan: SweepPlan, streams: Dict[str, Any], num_tasks: int, parallel: int, callbacks, fs,
+           root: str) -> tune.Tuner:
     trial = plan.cfg.trial
     trainable = tune.with_resources(
-        tune.with_parameters(run_trial, streams=streams, settings=plan.run_settings(), threads=trial_threads(plan)),
+        tune.with_parameters(run_trial, streams=streams, settings=plan.run_settings(), seeds=plan.seeds),
         {"cpu": trial.cpu, "gpu": trial.gpu})
+    failures = tune.FailureConfig(max_failures=trial.max_failures)
     if plan.cfg.resume:
-        return tune.Tuner.restore(f"{root}/{plan.name}", trainable, resume_errored=True, storage_filesystem=fs)
+        tuner = tune.Tuner.restore(f"{root}/{plan.name}", trainable, resume_errored=True, storage_filesystem=fs)
+        # Tune restores the callbacks and limits pickled when the sweep started; this run's own (a new W&B
+        # folder, the settings a resume may change) replace them.
+        internal = tuner._local_tuner
+        if internal is not None:
+            internal.get_run_config().callbacks = callbacks
+            internal.get_run_config().failure_config = failures
+            internal._tune_config.max_concurrent_trials = parallel
+        return tuner
     return tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(search_alg=make_searcher(plan), scheduler=make_scheduler(plan, num_tasks),
@@ -710,8 +985,7 @@ def _tuner(plan: SweepPlan, streams, num_tasks: int, parallel: int, callbacks, f
                                     trial_dirname_creator=_trial_dirname),
         run_config=tune.RunConfig(
             name=plan.name, storage_path=root, storage_filesystem=fs, verbose=0, callbacks=callbacks,
-            failure_config=tune.FailureConfig(max_failures=trial.max_failures),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))
+            failure_config=failures, checkpoint_config=tune.CheckpointConfig(num_to_keep=2)))
 
 
 def _trial_dirname(trial) -> str:
@@ -763,7 +1037,7 @@ def _column_types(plan: SweepPlan) -> List[Tuple[str, pa.DataType]]:
     hints = _schema_types(RunConfig)
     columns = []
     for key, value in flatten(plan.run_settings()).items():
-        if key in NOT_COLUMNS:
+        if key in NOT_COLUMNS and key not in plan.space.search:  # a searched seed is a column of its own
             continue
         hint = hints[key]
         if hint is Any and key in plan.space.search:

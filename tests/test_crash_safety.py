@@ -1,6 +1,8 @@
 """Crash safety with real kills: a trial process killed mid-stream, and a sweep driver killed outright."""
 
+import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -9,9 +11,11 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
+from ness_sweep import dashboards, results
+
 
 def sweep_command(*args):
-    return [sys.executable, "-m", "ness_sweep.run", "wandb.mode=disabled", *args]
+    return [sys.executable, "-m", "ness_sweep.run", *args]
 
 
 def environment():
@@ -48,7 +52,8 @@ def test_a_killed_trial_restarts_from_its_last_task_and_matches_an_uninterrupted
                      "fixed: {train.epochs: 20}\n"
                      "sweep: {num_samples: 2, scheduler: fifo, max_concurrent: 2}\n")
     sweep_dir = tmp_path / "twins"
-    process = subprocess.Popen(sweep_command(f"space={space}", "sweep.name=twins", f"output_dir={tmp_path}"),
+    process = subprocess.Popen(sweep_command(f"space={space}", "sweep.name=twins", f"output_dir={tmp_path}",
+                                             "wandb.mode=disabled"),
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=environment())
     try:
         def both_checkpointed():
@@ -61,6 +66,7 @@ def test_a_killed_trial_restarts_from_its_last_task_and_matches_an_uninterrupted
         if process.poll() is None:
             process.kill()
     assert process.returncode == 0, output
+    assert "Traceback" not in output  # Ray's report of the dead worker stays out of the sweep's output
     rows = pq.read_table(sweep_dir / "results.parquet").to_pylist()
     assert [r["status"] for r in rows] == ["TERMINATED", "TERMINATED"], output
     restarted = [r for r in rows if r["started_at_task"] > 0]
@@ -70,36 +76,121 @@ def test_a_killed_trial_restarts_from_its_last_task_and_matches_an_uninterrupted
     assert rows[0]["acc"] == rows[1]["acc"]
 
 
+def wandb_history(run_dir: Path) -> list:
+    """The tasks an offline run's history holds, read with wandb's own reader (``wandb leet inspect``)."""
+    done = subprocess.run([sys.executable, "-m", "wandb", "leet", "inspect", "--json", str(run_dir)],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    records = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    return [r["history"]["item"]["task"] for r in records if r["type"] == "history"]
+
+
+def processes_carrying(name: str, value: str) -> list:
+    """Processes whose environment has ``name=value``."""
+    found, entry = [], f"{name}={value}".encode()
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                if entry in (proc / "environ").read_bytes().split(b"\0"):
+                    found.append(int(proc.name))
+            except OSError:
+                continue
+    return found
+
+
+def known_to_tune(sweep_dir: Path) -> dict:
+    """Trial id -> tasks done, as Tune's newest experiment state records them (what a resume restores)."""
+    states = sorted(sweep_dir.glob("experiment_state-*.json"))
+    if not states:
+        return {}
+    try:
+        trials = json.loads(states[-1].read_text())["trial_data"]
+    except ValueError:  # being written
+        return {}
+    known = {}
+    for data, meta in trials:
+        last = json.loads(meta)["last_result"]
+        known[json.loads(data)["trial_id"]] = (json.loads(last) if isinstance(last, str) else last).get("task", 0)
+    return known
+
+
+def newest_checkpoint_of_an_unfinished_trial(sweep_dir: Path, finished: set):
+    """The newest of two checkpoints of a trial that is unfinished and that Tune's saved state knows with
+    a checkpoint: a resume continues that trial from a checkpoint."""
+    for trial_id, tasks in known_to_tune(sweep_dir).items():
+        checkpoints = sorted((sweep_dir / trial_id).glob("checkpoint_*"))
+        if trial_id not in finished and tasks >= 1 and len(checkpoints) >= 2:
+            return checkpoints[-1]
+    return None
+
+
 def test_a_killed_driver_resumes_without_rerunning_finished_trials(tmp_path):
+    """Kill the driver, garble an unfinished trial's newest checkpoint, refuse a changed resume, then resume
+    with the sweep's name alone: finished rows kept, every row reruns exactly, one W&B run per trial."""
     space = tmp_path / "lrs.yaml"
     space.write_text("search: {train.lr: {loguniform: [0.01, 0.1]}}\n"
-                     "fixed: {train.epochs: 2}\n"
-                     "sweep: {num_samples: 6, scheduler: fifo, max_concurrent: 1}\n")
+                     "fixed: {train.epochs: 3}\n"
+                     "sweep: {num_samples: 5, scheduler: fifo, max_concurrent: 1}\n")
     sweep_dir = tmp_path / "crash"
     results_file = sweep_dir / "results.parquet"
-    args = [f"space={space}", "sweep.name=crash", f"output_dir={tmp_path}"]
+    args = [f"space={space}", "sweep.name=crash", f"output_dir={tmp_path}"]  # W&B offline
+    marked = {**environment(), "NESS_SWEEP_TEST_RUN": str(tmp_path)}  # Ray's processes inherit it
     process = subprocess.Popen(sweep_command(*args), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                               env=environment(), start_new_session=True)
+                               env=marked, start_new_session=True)
 
     def finished_rows():
         if not results_file.exists():
             return []
         return [r for r in pq.read_table(results_file).to_pylist() if r["status"] == "TERMINATED"]
 
-    try:
-        wait_for(lambda: len(finished_rows()) >= 2, process)
-    finally:
-        os.killpg(process.pid, signal.SIGKILL)  # the driver and the local Ray it started, at once
-        process.wait()
-    before = {r["trial_id"]: r for r in finished_rows()}
-    assert 2 <= len(before) < 6
+    def ready():
+        done = finished_rows()
+        return len(done) >= 2 and newest_checkpoint_of_an_unfinished_trial(sweep_dir, {r["trial_id"] for r in done})
 
-    resumed = subprocess.run(sweep_command(*args, "resume=true"), capture_output=True, text=True,
-                             env=environment(), timeout=300)
+    try:
+        wait_for(ready, process)
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)  # the driver and the local Ray it started
+        process.wait()
+    # A trial's worker is not in that process group: it notices the dead Ray a moment later, and may write
+    # one more checkpoint meanwhile. Wait until none of this sweep's processes remains.
+    deadline = time.monotonic() + 60
+    while processes_carrying("NESS_SWEEP_TEST_RUN", str(tmp_path)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    before = {r["trial_id"]: r for r in finished_rows()}
+    assert 2 <= len(before) < 5
+    garbled = newest_checkpoint_of_an_unfinished_trial(sweep_dir, set(before))
+    (garbled / "state.pt").write_bytes(b"not a checkpoint" * 64)
+    table_bytes = results_file.read_bytes()
+
+    refused = subprocess.run(sweep_command("sweep.name=crash", f"output_dir={tmp_path}", "resume=true",
+                                           "train.epochs=4"), capture_output=True, text=True, env=environment())
+    assert refused.returncode == 2 and refused.stderr.strip().count("\n") == 0, refused.stderr
+    assert "train.epochs" in refused.stderr and results_file.read_bytes() == table_bytes
+
+    resumed = subprocess.run(sweep_command("sweep.name=crash", f"output_dir={tmp_path}", "resume=true"),
+                             capture_output=True, text=True, env=environment(), timeout=300)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     rows = pq.read_table(results_file).to_pylist()
-    assert len(rows) == 6 and len({r["trial_id"] for r in rows}) == 6
+    assert len(rows) == 5 and len({r["trial_id"] for r in rows}) == 5
     assert all(r["status"] == "TERMINATED" for r in rows)
     for trial_id, row in before.items():  # kept as they were: training again would add to their seconds
         after = next(r for r in rows if r["trial_id"] == trial_id)
         assert (after["acc"], after["seconds"], after["acc_matrix"]) == (row["acc"], row["seconds"], row["acc_matrix"])
+    recovered = next(r for r in rows if r["trial_id"] == garbled.parent.name)
+    assert f"{garbled.name} unreadable" in recovered["recovery"] and "continued from checkpoint_" in recovered["recovery"]
+
+    table = pq.read_table(results_file)
+    for row in rows:  # every row, resumed or not, reruns to its numbers
+        line = results.train_command(row, table)
+        output = tmp_path / f"{row['trial_id']}.json"
+        done = subprocess.run([sys.executable, *shlex.split(line)[1:], f"output={output}"], capture_output=True,
+                              text=True, env=environment())
+        assert done.returncode == 0, done.stderr
+        assert json.loads(output.read_text())["acc"] == row["acc"], line
+
+    runs = sorted((sweep_dir / "wandb").glob("offline-run-*"))
+    assert len(runs) == len(rows) + 1  # one per trial, one summary: nothing left over from the killed driver
+    for run_dir in runs:
+        if not run_dir.name.endswith(dashboards.run_id("crash", "summary")):
+            assert wandb_history(run_dir) == [1, 2, 3, 4, 5], run_dir.name

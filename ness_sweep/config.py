@@ -2,7 +2,7 @@
 
 Every default lives here (DESIGN.md, "one fact in one place"). ``load_run_config`` and
 ``load_sweep_config`` are the only ways in; both reject unknown keys and bad values with a
-``ConfigError`` whose message is one line naming the key and what would be valid.
+``UserError`` whose message is one line naming the key and what would be valid.
 """
 
 from __future__ import annotations
@@ -34,8 +34,10 @@ SEED_RANGE = f"must be in [0, {MAX_SEED}] (numpy's seed range)"
 MAX_THREADS = 1024  # above any node's core count; torch overflows past 2**31 - 1 and starts every thread it is given
 
 
-class ConfigError(ValueError):
-    """Bad user input: the message is one line naming the key and what is valid (exit code 2)."""
+class UserError(ValueError):
+    """A problem the user can fix, reported as one line and exit code 2, never a traceback: a bad key or
+    value, a missing or corrupt file, an unreachable cluster. The message names what is at fault and what
+    would be valid."""
 
 
 @dataclass
@@ -133,23 +135,23 @@ def parse_overrides(args: List[str]) -> DictConfig:
     """``key=value`` strings to a nested config; values parse as YAML (``seeds=[1,2]``, ``rank=null``)."""
     for arg in args:
         if "=" not in arg or not re.fullmatch(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*", arg.partition("=")[0]):
-            raise ConfigError(f"argument {arg!r}: expected key=value with a dotted key such as train.lr "
+            raise UserError(f"argument {arg!r}: expected key=value with a dotted key such as train.lr "
                               "(see --help for the keys)")
     try:
         return OmegaConf.from_dotlist(list(args))
     except OmegaConfBaseException as error:
-        raise ConfigError(f"could not parse arguments: {_one_line(error)}") from None
+        raise UserError(f"could not parse arguments: {_one_line(error)}") from None
 
 
 def merge_onto(schema: Any, *layers: Any) -> DictConfig:
-    """Merge plain layers onto a typed schema; unknown keys and wrong types become ``ConfigError``."""
+    """Merge plain layers onto a typed schema; unknown keys and wrong types become ``UserError``."""
     merged = OmegaConf.structured(schema)
     OmegaConf.set_struct(merged, True)
     for layer in layers:
         try:
             merged = OmegaConf.merge(merged, layer)
         except (OmegaConfBaseException, TypeError) as error:  # TypeError: a mapping where a list belongs
-            raise ConfigError(_describe(error, merged, layer)) from None
+            raise UserError(_describe(error, merged, layer)) from None
     return merged
 
 
@@ -162,20 +164,20 @@ def load_preset(name: str) -> DictConfig:
     path = Path(name) if name.endswith((".yaml", ".yml")) else PRESET_DIR / f"{name}.yaml"
     if not path.is_file():
         known = ", ".join(sorted(p.stem for p in PRESET_DIR.glob("*.yaml")))
-        raise ConfigError(f"preset={name}: no such preset; known presets: {known} (or a path to a .yaml file)")
+        raise UserError(f"preset={name}: no such preset; known presets: {known} (or a path to a .yaml file)")
     try:
         preset = OmegaConf.load(path)
     except Exception as error:  # YAML syntax errors come in many types
-        raise ConfigError(f"preset file {path}: not valid YAML: {_one_line(error)}") from None
+        raise UserError(f"preset file {path}: not valid YAML: {_one_line(error)}") from None
     if not isinstance(preset, DictConfig) or not preset:
-        raise ConfigError(f"preset file {path}: {'not a mapping' if preset else 'empty'}; a preset maps run "
+        raise UserError(f"preset file {path}: {'not a mapping' if preset else 'empty'}; a preset maps run "
                           "settings to values (benchmark: split_digits, train: {lr: 0.01}, ...)")
     try:
         merge_onto(RunConfig, preset)
-    except ConfigError as error:
-        raise ConfigError(f"preset file {path}: {error}") from None
+    except UserError as error:
+        raise UserError(f"preset file {path}: {error}") from None
     if preset.get("preset") is not None:
-        raise ConfigError(f"preset file {path}: preset: a preset cannot name another preset")
+        raise UserError(f"preset file {path}: preset: a preset cannot name another preset")
     return preset
 
 
@@ -200,7 +202,7 @@ def load_sweep_config(args: List[str]) -> DictConfig:
 
 def _require(ok: bool, key: str, value: Any, valid: str) -> None:
     if not ok:
-        raise ConfigError(f"{key}={value}: {valid}")
+        raise UserError(f"{key}={value}: {valid}")
 
 
 def validate_run(cfg: DictConfig) -> None:
@@ -276,7 +278,7 @@ def require_device(device: str) -> None:
     count = torch.cuda.device_count() if torch.cuda.is_available() else 0
     if int(match.group(1) or 0) >= count:
         available = f"{count} CUDA GPU(s), cuda:0 to cuda:{count - 1}" if count else "no CUDA GPU"
-        raise ConfigError(f"device={device}: this machine has {available}; use device=cpu or device=auto")
+        raise UserError(f"device={device}: this machine has {available}; use device=cpu or device=auto")
 
 
 def validate_sweep(cfg: DictConfig) -> None:

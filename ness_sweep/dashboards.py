@@ -23,7 +23,7 @@ from PIL import Image, ImageDraw, ImageFont
 from ray import tune
 
 from . import results, sweep
-from .config import ConfigError, resolved
+from .config import UserError, resolved
 
 # The trial's final report, kept in its run summary (the *_std only come with several seeds).
 SUMMARY_KEYS = ("acc", "acc_std", "bwt", "bwt_std", "forgetting", "forgetting_std", "trainable_params", "seconds")
@@ -48,7 +48,7 @@ def check_login(cfg: DictConfig) -> None:
 
     settings = wandb.setup().settings
     if not (settings.api_key or settings.identity_token_file or _netrc_has(settings.base_url)):
-        raise ConfigError("wandb.mode=online: no W&B API key found; set WANDB_API_KEY or run `wandb login`, "
+        raise UserError("wandb.mode=online: no W&B API key found; set WANDB_API_KEY or run `wandb login`, "
                           "or keep wandb.mode=offline and upload the runs later with `wandb sync`")
 
 

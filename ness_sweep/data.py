@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .config import ConfigError
+from .config import UserError
 
 
 @dataclass
@@ -147,7 +147,7 @@ def load_stream(benchmark: str, data_root: str, seed: int, valid_fraction: float
     if benchmark not in LOADERS:
         from . import mnist1d, paper_benchmarks  # noqa: F401  (register the generated and file-based benchmarks)
     if benchmark not in LOADERS:
-        raise ConfigError(f"benchmark={benchmark}: must be one of {', '.join(sorted(LOADERS))}")
+        raise UserError(f"benchmark={benchmark}: must be one of {', '.join(sorted(LOADERS))}")
     stream = LOADERS[benchmark](Path(data_root).expanduser(), seed, valid_fraction, download=download)
     if task_order == "seeded":
         order = list(range(len(stream.tasks)))

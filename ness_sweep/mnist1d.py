@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .config import ConfigError
+from .config import UserError
 from .data import Task, TaskStream, register, split_train_valid
 from .paper_benchmarks import expect, one_line
 
@@ -89,7 +89,7 @@ def write_cache(path: Path, arrays: Dict[str, np.ndarray], made_by: str) -> None
     except OSError as error:
         if temporary.exists():  # False, not an error, when data_root/mnist1d could not be made
             temporary.unlink()
-        raise ConfigError(f"{path}: cannot write the MNIST-1D cache ({one_line(error)}); "
+        raise UserError(f"{path}: cannot write the MNIST-1D cache ({one_line(error)}); "
                           f"data_root must be a writable folder") from None
 
 
@@ -127,7 +127,7 @@ def read_cache(path: Path, made_by: str, length: int) -> Dict[str, np.ndarray]:
             arrays = {name: f[name] for name in ARRAYS}
         check_arrays(arrays, length)
     except Exception as error:  # truncated zip, missing key, wrong arguments, dtype or shape
-        raise ConfigError(f"{path}: not a valid MNIST-1D cache ({one_line(error)}); delete it and the next run "
+        raise UserError(f"{path}: not a valid MNIST-1D cache ({one_line(error)}); delete it and the next run "
                           f"regenerates it with the mnist1d generator") from None
     return arrays
 

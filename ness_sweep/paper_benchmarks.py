@@ -16,7 +16,7 @@ With ``download=true`` (the default), data sets that torchvision can fetch (CIFA
 Fashion-MNIST, SVHN) are downloaded through its dataset classes when their files are missing; notMNIST
 and MiniImageNet have no official download and must be put in place by hand. The files are then read
 directly rather than through those classes, because they accept only files whose checksum matches the
-official archives. A missing or unreadable file, or a failed download, is a ``ConfigError`` naming it.
+official archives. A missing or unreadable file, or a failed download, is a ``UserError`` naming it.
 Pickles can run code when loaded: point ``data_root`` at files you trust.
 
 Images are kept as uint8 N×C×H×W; each task carries the per-channel mean and std of its data set's
@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .config import ConfigError
+from .config import UserError
 from .data import Task, TaskStream, register, split_train_valid
 
 Split = Tuple[Tensor, Tensor, Tensor, Tensor]  # x_train, y_train, x_test, y_test
@@ -165,7 +165,7 @@ def require_files(data_root: Path, benchmark: str, sources: Sequence[str], downl
             offer = " (or download=true fetches them)" if source.fetch and not download else ""
             hints.append(f"{name}: {why}{source.hint}{offer}")
     if missing:
-        raise ConfigError(f"benchmark={benchmark}: missing under data_root={data_root}: {', '.join(missing)} "
+        raise UserError(f"benchmark={benchmark}: missing under data_root={data_root}: {', '.join(missing)} "
                           f"({'; '.join(hints)})")
 
 
@@ -176,11 +176,11 @@ def one_line(error: Exception) -> str:
 
 
 def read_file(path: Path, what: str, reader: Callable[[Path], object]):
-    """``reader(path)``, with any failure (truncated, wrong format, wrong contents) as one ConfigError line."""
+    """``reader(path)``, with any failure (truncated, wrong format, wrong contents) as one UserError line."""
     try:
         return reader(path)
     except Exception as error:  # corrupt files fail in many ways: pickle, EOF, shape, key and value errors
-        raise ConfigError(f"{path}: not a readable {what} file ({one_line(error)})") from None
+        raise UserError(f"{path}: not a readable {what} file ({one_line(error)})") from None
 
 
 def load_pickle(path: Path):
@@ -234,7 +234,7 @@ def check_classes(source: object, labels: Tensor, num_classes: int) -> None:
     """Every class 0..num_classes-1 present and nothing else, so that each task gets all its classes."""
     found = torch.unique(labels).tolist()
     if found != list(range(num_classes)):
-        raise ConfigError(f"{source}: expected labels 0..{num_classes - 1}, each at least once; "
+        raise UserError(f"{source}: expected labels 0..{num_classes - 1}, each at least once; "
                           f"found {len(found)} distinct labels from {min(found)} to {max(found)}")
 
 
@@ -278,7 +278,7 @@ def grey_to_rgb32(images: Tensor, path: Path) -> Tensor:
     """N×H×W grey images zero-padded (centred) to 32×32 and repeated over 3 channels."""
     height, width = images.shape[1:]
     if height > 32 or width > 32:
-        raise ConfigError(f"{path}: images are {height}x{width}; five_datasets needs grey images of at most 32x32")
+        raise UserError(f"{path}: images are {height}x{width}; five_datasets needs grey images of at most 32x32")
     top, left = (32 - height) // 2, (32 - width) // 2
     padded = F.pad(images, (left, 32 - width - left, top, 32 - height - top))
     return padded.unsqueeze(1).repeat(1, 3, 1, 1)
@@ -291,7 +291,7 @@ def read_idx_pair(folder: Path, prefix: str) -> Tuple[Tensor, Tensor]:
     images = read_file(folder / f"{prefix}-images-idx3-ubyte", "idx image", lambda p: read_image_file(str(p)))
     labels = read_file(folder / f"{prefix}-labels-idx1-ubyte", "idx label", lambda p: read_label_file(str(p)))
     if len(images) != len(labels):
-        raise ConfigError(f"{folder}/{prefix}-*-ubyte: {len(images)} images but {len(labels)} labels")
+        raise UserError(f"{folder}/{prefix}-*-ubyte: {len(images)} images but {len(labels)} labels")
     return grey_to_rgb32(images, folder / f"{prefix}-images-idx3-ubyte"), labels
 
 
@@ -329,12 +329,12 @@ def read_notmnist_split(folder: Path) -> Tuple[Tensor, Tensor]:
     for label, letter in enumerate(NOTMNIST_LETTERS):
         paths = sorted((folder / letter).glob("*.png"))
         if not paths:
-            raise ConfigError(f"{folder / letter}: no .png images (expected notMNIST/{{train,test}}/<A..J>/*.png)")
+            raise UserError(f"{folder / letter}: no .png images (expected notMNIST/{{train,test}}/<A..J>/*.png)")
         images += [read_file(p, "PNG image", parse) for p in paths]
         labels += [label] * len(paths)
     shapes = {image.shape for image in images}
     if len(shapes) > 1:
-        raise ConfigError(f"{folder}: images of different sizes {sorted(shapes)}; all must have the same size")
+        raise UserError(f"{folder}: images of different sizes {sorted(shapes)}; all must have the same size")
     return grey_to_rgb32(torch.from_numpy(np.stack(images)), folder), torch.tensor(labels)
 
 

@@ -13,7 +13,7 @@ from typing import List, Optional
 
 import pyarrow as pa
 
-from .config import ConfigError
+from .config import UserError
 from .results import leaderboard, read_table, train_command
 
 USAGE = ("usage: python -m ness_sweep.report DIR [top=N | trial=ID]   (DIR: OUTPUT_DIR/SWEEP_NAME, local or a URI;"
@@ -24,7 +24,7 @@ def parse_top(arg: str) -> int:
     """``top=N``: how many trials to list, a whole number >= 1."""
     value = arg[len("top="):]
     if not (value.isascii() and value.isdigit() and int(value) >= 1):
-        raise ConfigError(f"{arg}: top must be a whole number >= 1 (how many trials to list)")
+        raise UserError(f"{arg}: top must be a whole number >= 1 (how many trials to list)")
     return int(value)
 
 
@@ -32,7 +32,7 @@ def rerun_line(table: pa.Table, trial_id: str) -> str:
     """The ``python -m ness_sweep.train ...`` line of one row: its settings, seeds, threads and device."""
     rows = [row for row in table.to_pylist() if row["trial_id"] == trial_id]
     if not rows:
-        raise ConfigError(f"trial={trial_id}: no such trial in the table; its trial_id column lists them")
+        raise UserError(f"trial={trial_id}: no such trial in the table; its trial_id column lists them")
     return train_command(rows[0], table)
 
 
@@ -43,13 +43,13 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 0
     try:
         if len(argv) not in (1, 2) or (len(argv) == 2 and not argv[1].startswith(("top=", "trial="))):
-            raise ConfigError(USAGE)
+            raise UserError(USAGE)
         if len(argv) == 2 and argv[1].startswith("trial="):
             print(rerun_line(read_table(argv[0]), argv[1][len("trial="):]))
             return 0
         top = parse_top(argv[1]) if len(argv) == 2 else 5
         print(leaderboard(read_table(argv[0]), top))
-    except ConfigError as error:
+    except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except (pa.ArrowException, OSError) as error:

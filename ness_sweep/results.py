@@ -20,7 +20,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 from omegaconf import OmegaConf
 
-from .config import ConfigError, flatten
+from .config import UserError, flatten
 
 RESULTS_FILE = "results.parquet"
 BEST_CONFIG_FILE = "best.yaml"
@@ -39,6 +39,7 @@ METRIC_COLUMNS = [
     ("seeds", pa.list_(pa.int64())),
     ("task", pa.int64()),  # tasks finished
     ("acc_seen", pa.float64()),
+    ("acc_seen_per_task", pa.list_(pa.float64())),  # acc_seen after each finished task: where ASHA stopped it
     ("acc", pa.float64()),
     ("acc_std", pa.float64()),
     ("bwt", pa.float64()),
@@ -66,7 +67,7 @@ def make_schema(config_columns: Sequence[Tuple[str, pa.DataType]], metadata: Dic
 def sweep_metadata(table: pa.Table) -> Dict[str, Any]:
     raw = (table.schema.metadata or {}).get(METADATA_KEY)
     if raw is None:
-        raise ConfigError("results table has no ness_sweep metadata: not written by ness_sweep.run")
+        raise UserError("results table has no ness_sweep metadata: not written by ness_sweep.run")
     return json.loads(raw)
 
 
@@ -80,7 +81,7 @@ def filesystem_and_path(location: str) -> Tuple[pafs.FileSystem, str]:
         try:
             return pafs.FileSystem.from_uri(location)
         except Exception as error:  # pyarrow raises several types for bad or unreachable URIs
-            raise ConfigError(f"{location}: not a usable location: {str(error).splitlines()[0]}") from None
+            raise UserError(f"{location}: not a usable location: {str(error).splitlines()[0]}") from None
     return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(location))
 
 
@@ -109,7 +110,7 @@ def read_table(location: str) -> pa.Table:
     if not path.endswith(".parquet"):
         path = f"{path.rstrip('/')}/{RESULTS_FILE}"
     if not exists(fs, path):
-        raise ConfigError(f"{location}: no {RESULTS_FILE} there (give a sweep directory: OUTPUT_DIR/SWEEP_NAME)")
+        raise UserError(f"{location}: no {RESULTS_FILE} there (give a sweep directory: OUTPUT_DIR/SWEEP_NAME)")
     with fs.open_input_file(path) as source:
         return pq.read_table(source)
 

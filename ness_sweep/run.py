@@ -13,7 +13,7 @@ import shlex
 import sys
 from typing import List, Optional
 
-from .config import ConfigError, SweepConfig, help_text, parse_overrides
+from .config import UserError, SweepConfig, help_text, parse_overrides
 
 USAGE = """usage: python -m ness_sweep.run space=NAME [key=value ...]
 
@@ -40,7 +40,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         plan = sweep.build_plan(argv)
         dashboards.check_login(plan.cfg)
         outcome = sweep.run_sweep(plan)
-    except ConfigError as error:
+    except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     from .results import ENDED, leaderboard

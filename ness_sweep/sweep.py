@@ -47,7 +47,7 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler  # noqa: E402
 from ray.tune.search.optuna import OptunaSearch  # noqa: E402
 
 from . import dashboards, results  # noqa: E402
-from .config import (ConfigError, RunConfig, SweepConfig, SweepSettings, flatten, joins_cluster,  # noqa: E402
+from .config import (UserError, RunConfig, SweepConfig, SweepSettings, flatten, joins_cluster,  # noqa: E402
                      load_preset, merge_onto, parse_overrides, resolved, validate_run, validate_sweep)
 from .data import STREAM_KEYS, TaskStream, check_stream, stream_for, stream_settings  # noqa: E402
 from .train import mean_std  # noqa: E402
@@ -119,35 +119,35 @@ def load_space(name: str) -> SearchSpace:
     if name.endswith((".yaml", ".yml")) or os.sep in name:
         path = Path(name).expanduser()
         if not path.is_file():
-            raise ConfigError(f"space={name}: no such file")
+            raise UserError(f"space={name}: no such file")
         text, source, stem = path.read_text(), str(path), path.stem
     else:
         entry = shipped_space_dir() / f"{name}.yaml"
         if not entry.is_file():
-            raise ConfigError(f"space={name}: no such space; known spaces: {', '.join(known_spaces())} "
+            raise UserError(f"space={name}: no such space; known spaces: {', '.join(known_spaces())} "
                               "(or a path to a .yaml file)")
         text, source, stem = entry.read_text(), f"search_spaces/{name}.yaml", name
     try:
         raw = OmegaConf.to_container(OmegaConf.create(text))  # OmegaConf's YAML reads 1e-4 as a float
     except Exception as error:  # YAML syntax errors come in many types
-        raise ConfigError(f"{source}: not valid YAML: {_first_line(error)}") from None
+        raise UserError(f"{source}: not valid YAML: {_first_line(error)}") from None
     return parse_space(raw, source, stem)
 
 
 def parse_space(raw: Any, source: str, name: str) -> SearchSpace:
     """Check the file's structure and every distribution; keys are checked against the schema in build_plan."""
     if not isinstance(raw, dict):
-        raise ConfigError(f"{source}: must be a mapping with sections {', '.join(SPACE_SECTIONS)}")
+        raise UserError(f"{source}: must be a mapping with sections {', '.join(SPACE_SECTIONS)}")
     for section in raw:
         if section not in SPACE_SECTIONS:
-            raise ConfigError(f"{source}: unknown section {section!r}; valid: {', '.join(SPACE_SECTIONS)}")
+            raise UserError(f"{source}: unknown section {section!r}; valid: {', '.join(SPACE_SECTIONS)}")
     search = raw.get("search")
     if not isinstance(search, dict) or not search:
-        raise ConfigError(f"{source}: search: must map at least one key to a distribution, "
+        raise UserError(f"{source}: search: must map at least one key to a distribution, "
                           "e.g. train.lr: {loguniform: [1.0e-3, 0.3]}")
     for section in ("fixed", "sweep"):
         if not isinstance(raw.get(section) or {}, dict):
-            raise ConfigError(f"{source}: {section}: must be a mapping of key: value")
+            raise UserError(f"{source}: {section}: must be a mapping of key: value")
     return SearchSpace(
         name=name,
         source=source,
@@ -161,32 +161,32 @@ def parse_space(raw: Any, source: str, name: str) -> SearchSpace:
 def parse_distribution(spec: Any, where: str) -> Distribution:
     """``{loguniform: [low, high]}``, ``{uniform: [low, high]}``, ``{int: [low, high]}``, ``{choice: [a, b, ...]}``."""
     if not isinstance(spec, dict) or len(spec) != 1:
-        raise ConfigError(f"{where}: must be one distribution, e.g. {{loguniform: [1.0e-4, 1.0e-1]}}; "
+        raise UserError(f"{where}: must be one distribution, e.g. {{loguniform: [1.0e-4, 1.0e-1]}}; "
                           f"known: {', '.join(DISTRIBUTIONS)}")
     (kind, values), = spec.items()
     if kind not in DISTRIBUTIONS:
-        raise ConfigError(f"{where}: unknown distribution {kind!r}; known: {', '.join(DISTRIBUTIONS)}")
+        raise UserError(f"{where}: unknown distribution {kind!r}; known: {', '.join(DISTRIBUTIONS)}")
     if not isinstance(values, list) or not values:
         example = "[a, b, c]" if kind == "choice" else "[low, high]"
-        raise ConfigError(f"{where}: {kind} needs a list, e.g. {kind}: {example}")
+        raise UserError(f"{where}: {kind} needs a list, e.g. {kind}: {example}")
     if kind == "choice":
         for option in values:
             if option is not None and not isinstance(option, (bool, int, float, str)):
-                raise ConfigError(f"{where}: choice options must be numbers, strings, booleans or null; got {option!r}")
+                raise UserError(f"{where}: choice options must be numbers, strings, booleans or null; got {option!r}")
             if isinstance(option, float) and not math.isfinite(option):
-                raise ConfigError(f"{where}: choice options must be finite numbers; got {option!r}")
+                raise UserError(f"{where}: choice options must be finite numbers; got {option!r}")
         return Distribution(kind, tuple(values))
     numbers = int if kind == "int" else (int, float)
     if len(values) != 2 or not all(isinstance(v, numbers) and not isinstance(v, bool) for v in values):
         wanted = "two integers" if kind == "int" else "two numbers"
-        raise ConfigError(f"{where}: {kind} needs {wanted} [low, high]; got {values}")
+        raise UserError(f"{where}: {kind} needs {wanted} [low, high]; got {values}")
     low, high = values if kind == "int" else (float(values[0]), float(values[1]))
     if not (math.isfinite(low) and math.isfinite(high)):
-        raise ConfigError(f"{where}: {kind} needs finite bounds; got {values}")
+        raise UserError(f"{where}: {kind} needs finite bounds; got {values}")
     if low > high:
-        raise ConfigError(f"{where}: {kind} low {low} > high {high}")
+        raise UserError(f"{where}: {kind} low {low} > high {high}")
     if kind == "loguniform" and low <= 0:
-        raise ConfigError(f"{where}: loguniform needs 0 < low; got {low}")
+        raise UserError(f"{where}: loguniform needs 0 < low; got {low}")
     return Distribution(kind, (low, high))
 
 
@@ -234,19 +234,19 @@ class SweepPlan:
 
 
 def build_plan(args: List[str], now: Optional[datetime] = None) -> SweepPlan:
-    """Parse and validate everything; raises ConfigError (one line) before anything is created.
+    """Parse and validate everything; raises UserError (one line) before anything is created.
     ``resume=true`` continues the plan stored in the sweep's folder (``resume_plan``)."""
     overrides = parse_overrides(args)
     if overrides.get("resume") is True:
         return resume_plan(args, overrides)
     if not overrides.get("space"):
-        raise ConfigError(f"space: required; known spaces: {', '.join(known_spaces())} (or a path to a .yaml file)")
+        raise UserError(f"space: required; known spaces: {', '.join(known_spaces())} (or a path to a .yaml file)")
     space = load_space(str(overrides.space))
     run_keys = _schema_types(RunConfig)
     for section, keys in (("search", space.search), ("fixed", space.fixed)):
         for key in keys:
             if key not in run_keys:
-                raise ConfigError(f"{space.source}: {section}.{key}: unknown key; spaces search and fix run "
+                raise UserError(f"{space.source}: {section}.{key}: unknown key; spaces search and fix run "
                                   "settings such as train.lr or ness.threshold (python -m ness_sweep.train --help)")
     where_trials_run = {"ray": OmegaConf.to_container(overrides).get("ray", {})}  # a cluster's GPUs are not here
     for key, value in space.fixed.items():
@@ -274,7 +274,7 @@ def _complete_plan(cfg: DictConfig, space: SearchSpace, command_line: List[str])
     given = flatten(OmegaConf.to_container(parse_overrides(command_line)))
     searched = {key: dist for key, dist in space.search.items() if key not in given}
     if not searched:
-        raise ConfigError(f"space={space.name}: the command line fixes every searched key "
+        raise UserError(f"space={space.name}: the command line fixes every searched key "
                           f"({', '.join(space.search)}); nothing is left to search")
     space = dataclasses.replace(space, search=searched)
     everything = resolved(cfg)
@@ -286,7 +286,7 @@ def _complete_plan(cfg: DictConfig, space: SearchSpace, command_line: List[str])
     scheduler = cfg.sweep.scheduler or ("asha" if len(metrics) == 1 else "fifo")
     listed = cfg.trial.seeds or cfg.seeds
     if "seed" in searched and listed:
-        raise ConfigError(f"{space.source}: search.seed: the space searches the seed, so trial.seeds / seeds "
+        raise UserError(f"{space.source}: search.seed: the space searches the seed, so trial.seeds / seeds "
                           "cannot fix it too; drop one of them")
     seeds = None if "seed" in searched else list(listed or [cfg.seed])
     plan = SweepPlan(cfg, space, metrics, modes, scheduler, cfg.sweep.num_samples or DEFAULT_NUM_SAMPLES,
@@ -301,14 +301,14 @@ def resume_plan(args: List[str], overrides: DictConfig) -> SweepPlan:
     from this command line; any other key that differs from the stored plan is refused, naming the keys."""
     name = overrides.get("sweep", {}).get("name")
     if not name:
-        raise ConfigError("resume=true: give sweep.name=NAME of the sweep to continue")
+        raise UserError("resume=true: give sweep.name=NAME of the sweep to continue")
     output_dir = str(overrides.get("output_dir") or SweepConfig.output_dir)
     fs, root = results.filesystem_and_path(output_dir)
     if "/" in str(name) or not results.exists(fs, f"{root}/{name}"):
-        raise ConfigError(f"resume=true: no sweep {name} in {output_dir} to resume")
+        raise UserError(f"resume=true: no sweep {name} in {output_dir} to resume")
     path = f"{root}/{name}/{PLAN_FILE}"
     if not results.exists(fs, path):
-        raise ConfigError(f"resume=true: {output_dir}/{name} has no {PLAN_FILE} (started by an older ness_sweep, "
+        raise UserError(f"resume=true: {output_dir}/{name} has no {PLAN_FILE} (started by an older ness_sweep, "
                           "or not a sweep folder): its plan is unknown, so it cannot be continued safely")
     try:
         with fs.open_input_stream(path) as stream:
@@ -316,8 +316,8 @@ def resume_plan(args: List[str], overrides: DictConfig) -> SweepPlan:
         stored = merge_onto(SweepConfig, record["config"])
         space = space_from_record(record["space"])
         stored_line = flatten(OmegaConf.to_container(parse_overrides(record["command_line"])))
-    except (ConfigError, KeyError, TypeError, ValueError, OmegaConfBaseException) as error:
-        raise ConfigError(f"{output_dir}/{name}/{PLAN_FILE}: unreadable plan ({_first_line(error)})") from None
+    except (UserError, KeyError, TypeError, ValueError, OmegaConfBaseException) as error:
+        raise UserError(f"{output_dir}/{name}/{PLAN_FILE}: unreadable plan ({_first_line(error)})") from None
     given = flatten(OmegaConf.to_container(overrides))
     stored_values = flatten(resolved(stored))
     changed, allowed = [], {}
@@ -330,7 +330,7 @@ def resume_plan(args: List[str], overrides: DictConfig) -> SweepPlan:
         elif flatten(resolved(merge_onto(SweepConfig, record["config"], _nested({key: value}))))[key] != stored_values[key]:
             changed.append(key)
     if changed:
-        raise ConfigError(f"resume=true: {', '.join(changed)} differ from the plan the sweep started with "
+        raise UserError(f"resume=true: {', '.join(changed)} differ from the plan the sweep started with "
                           f"({output_dir}/{name}/{PLAN_FILE}); a resume continues that plan, and may change only "
                           f"{', '.join(k for k in RESUME_MAY_CHANGE if k not in ('resume', 'sweep.name'))}")
     cfg = merge_onto(SweepConfig, record["config"], _nested(allowed),
@@ -359,25 +359,25 @@ def check_writable(output_dir: str, name: str) -> None:
     while not existing.exists():
         existing = existing.parent
     if not existing.is_dir():
-        raise ConfigError(f"output_dir={output_dir}: {existing} is a file, not a folder")
+        raise UserError(f"output_dir={output_dir}: {existing} is a file, not a folder")
     longest = os.pathconf(existing, "PC_NAME_MAX")
     for part in target.relative_to(existing).parts:
         if len(part.encode()) > longest:
             key = "sweep.name" if part == name else "output_dir"
-            raise ConfigError(f"{key}: {part[:40]}... is {len(part.encode())} bytes long; names here may have "
+            raise UserError(f"{key}: {part[:40]}... is {len(part.encode())} bytes long; names here may have "
                               f"at most {longest}")
     try:
         tempfile.TemporaryDirectory(dir=existing, prefix=".ness_sweep-probe-").cleanup()
     except OSError as error:
-        raise ConfigError(f"output_dir={output_dir}: cannot create folders in {existing} "
+        raise UserError(f"output_dir={output_dir}: cannot create folders in {existing} "
                           f"({error.strerror or _first_line(error)})") from None
 
 
 def _checked(check: Callable[[], Any], where: str) -> None:
     try:
         check()
-    except ConfigError as error:
-        raise ConfigError(f"{where}: {error}") from None
+    except UserError as error:
+        raise UserError(f"{where}: {error}") from None
 
 
 def _objectives(cfg: DictConfig, command_line: Dict[str, Any]) -> Tuple[List[str], List[str]]:
@@ -386,15 +386,15 @@ def _objectives(cfg: DictConfig, command_line: Dict[str, Any]) -> Tuple[List[str
     metrics = [metric] if isinstance(metric, str) else list(metric)
     for m in metrics:
         if m not in NATURAL_MODE:
-            raise ConfigError(f"sweep.metric={m}: must be one of {', '.join(NATURAL_MODE)} (or a list of them)")
+            raise UserError(f"sweep.metric={m}: must be one of {', '.join(NATURAL_MODE)} (or a list of them)")
     if len(set(metrics)) != len(metrics) or not metrics:
-        raise ConfigError(f"sweep.metric={metrics}: list each metric once")
+        raise UserError(f"sweep.metric={metrics}: list each metric once")
     mode = cfg.sweep.mode
     if mode is None or ("sweep.metric" in command_line and "sweep.mode" not in command_line):
         mode = [NATURAL_MODE[m] for m in metrics]
     modes = [mode] * len(metrics) if isinstance(mode, str) else list(mode)
     if len(modes) != len(metrics) or any(m not in ("max", "min") for m in modes):
-        raise ConfigError(f"sweep.mode={mode}: give max or min for each of {', '.join(metrics)}")
+        raise UserError(f"sweep.mode={mode}: give max or min for each of {', '.join(metrics)}")
     return metrics, modes
 
 
@@ -402,10 +402,10 @@ def _trial_device(cfg: DictConfig) -> str:
     """``device=auto`` means the GPU share a trial asks for (trial.gpu), else the CPU. Ray shows a trial only
     the GPU it was given, as ``cuda:0``: CUDA without trial.gpu, or another index, cannot work."""
     if cfg.device.startswith("cuda") and cfg.trial.gpu <= 0:
-        raise ConfigError(f"device={cfg.device}: a trial sees a GPU only when it asks for one; set trial.gpu "
+        raise UserError(f"device={cfg.device}: a trial sees a GPU only when it asks for one; set trial.gpu "
                           "(e.g. trial.gpu=0.25 for four trials per GPU) or device=auto")
     if cfg.device.startswith("cuda:") and cfg.device != "cuda:0":
-        raise ConfigError(f"device={cfg.device}: Ray shows each trial only its own GPU, as cuda:0; "
+        raise UserError(f"device={cfg.device}: Ray shows each trial only its own GPU, as cuda:0; "
                           "use device=cuda or device=auto")
     if cfg.device != "auto":
         return cfg.device
@@ -419,9 +419,9 @@ def _sweep_name(plan: SweepPlan, now: datetime) -> str:
     if cfg.sweep.name:
         name = str(cfg.sweep.name)
         if "/" in name or name in (".", ".."):
-            raise ConfigError(f"sweep.name={name}: must be a plain name, not a path")
+            raise UserError(f"sweep.name={name}: must be a plain name, not a path")
         if results.exists(fs, f"{root}/{name}"):
-            raise ConfigError(f"sweep.name={name}: {cfg.output_dir}/{name} exists; pick another name, "
+            raise UserError(f"sweep.name={name}: {cfg.output_dir}/{name} exists; pick another name, "
                               "or resume=true to continue it")
         return name
     name = f"{plan.space.name}-{now:%Y%m%d-%H%M%S}"
@@ -720,6 +720,7 @@ class ResultsTable(tune.Callback):
         for name, _ in results.METRIC_COLUMNS:
             if name not in row:
                 row[name] = result.get(name)
+        row["acc_seen_per_task"] = [entry["acc_seen"] for entry in result.get("history", [])] or None
         if status == "ERROR":
             row["error"] = _error_text(trial)
         return row
@@ -797,9 +798,9 @@ def connect_ray(plan: SweepPlan) -> bool:
         try:
             ray.init(address=address, **quiet)
         except ray.exceptions.AuthenticationError as error:  # RAY_AUTH_MODE=token but no token here
-            raise ConfigError(f"ray.address={address}: {_first_line(error)}") from None
+            raise UserError(f"ray.address={address}: {_first_line(error)}") from None
         except ConnectionError as error:  # nothing there, or a token-auth cluster and no (or another) token here
-            raise ConfigError(f"ray.address={address}: {_first_line(error)}; a cluster with token authentication "
+            raise UserError(f"ray.address={address}: {_first_line(error)}; a cluster with token authentication "
                               "needs RAY_AUTH_MODE=token and its token (RAY_AUTH_TOKEN or ~/.ray/auth_token)") from None
         return True
     trial = plan.cfg.trial
@@ -816,10 +817,10 @@ def check_local_resources(cfg: DictConfig) -> None:
     """A trial asking for more than this machine has would wait forever: say so before starting."""
     cpus = machine_cpus()
     if cfg.trial.cpu > cpus:
-        raise ConfigError(f"trial.cpu={cfg.trial.cpu}: this machine has {cpus} CPUs")
+        raise UserError(f"trial.cpu={cfg.trial.cpu}: this machine has {cpus} CPUs")
     gpus = torch.cuda.device_count() if cfg.trial.gpu > 0 else 0
     if cfg.trial.gpu > gpus:
-        raise ConfigError(f"trial.gpu={cfg.trial.gpu}: this machine has {gpus} CUDA GPUs "
+        raise UserError(f"trial.gpu={cfg.trial.gpu}: this machine has {gpus} CUDA GPUs "
                           "(or join a cluster with ray.address=auto)")
 
 
@@ -858,12 +859,12 @@ def stream_variants(plan: SweepPlan) -> Dict[str, Tuple[DictConfig, int]]:
         if key not in STREAM_KEYS:
             continue
         if dist.kind in ("uniform", "loguniform"):
-            raise ConfigError(f"{plan.space.source}: search.{key}: {key} shapes the task stream, which the driver "
+            raise UserError(f"{plan.space.source}: search.{key}: {key} shapes the task stream, which the driver "
                               f"loads once per value; search it with choice (or int), not {dist.kind}")
         options[key] = list(range(dist.values[0], dist.values[1] + 1)) if dist.kind == "int" else list(dist.values)
     count = math.prod(len(values) for values in options.values()) * len(plan.seeds or [None])
     if count > MAX_STREAMS:
-        raise ConfigError(f"{plan.space.source}: the searched stream-shaping keys ({', '.join(options)}) give {count} "
+        raise UserError(f"{plan.space.source}: the searched stream-shaping keys ({', '.join(options)}) give {count} "
                           f"task streams; a sweep holds at most {MAX_STREAMS}: search fewer values")
     variants = {}
     for combo in itertools.product(*options.values()):
@@ -888,7 +889,7 @@ def check_cluster_reachable(cfg: DictConfig) -> None:
     try:
         socket.create_connection((host, int(port)), timeout=CLUSTER_CONNECT_TIMEOUT_S).close()
     except OSError as error:
-        raise ConfigError(f"ray.address={address}: no Ray cluster answers there "
+        raise UserError(f"ray.address={address}: no Ray cluster answers there "
                           f"({error.strerror or _first_line(error)}); start one (`ray start --head`) or fix the address") from None
 
 
@@ -1082,7 +1083,7 @@ def _distribution_type(dist: Distribution, where: str) -> pa.DataType:
         return pa.int64()
     kinds = {_value_type(v) for v in dist.values if v is not None}
     if len(kinds) > 1:
-        raise ConfigError(f"{where}: choice options must share one type here (an int rank is a count, "
+        raise UserError(f"{where}: choice options must share one type here (an int rank is a count, "
                           f"a float a fraction); got {list(dist.values)}")
     return kinds.pop() if kinds else pa.float64()
 
@@ -1095,7 +1096,7 @@ def _nested(dotted: Dict[str, Any]) -> Dict[str, Any]:
         for parent in parents:
             node = node.setdefault(parent, {})
             if not isinstance(node, dict):
-                raise ConfigError(f"{key}: {parent} is a value, not a group of keys")
+                raise UserError(f"{key}: {parent} is a value, not a group of keys")
         node[leaf] = value
     return tree
 

@@ -20,7 +20,7 @@ from typing import List, Optional
 
 import torch
 
-from .config import ConfigError, RunConfig, help_text, load_run_config, resolved
+from .config import UserError, RunConfig, help_text, load_run_config, resolved
 from .data import TaskStream, stream_for
 from .models import build_model
 from .trainer import Trainer
@@ -79,23 +79,23 @@ def check_output(output: str) -> None:
     existing folder gets a temporary file, removed at once (root ignores permission bits, so no os.access)."""
     path = Path(output).expanduser().absolute()
     if os.path.isdir(path):  # os.path: a name too long for the file system is False, not an error
-        raise ConfigError(f"output={output}: is a directory; give a file path for the JSON result")
+        raise UserError(f"output={output}: is a directory; give a file path for the JSON result")
     if os.path.exists(path):
         try:
             open(path, "a").close()  # appending nothing leaves the file as it was
         except OSError as error:
-            raise ConfigError(f"output={output}: cannot write this file ({error.strerror})") from None
+            raise UserError(f"output={output}: cannot write this file ({error.strerror})") from None
         return
     folder = next(parent for parent in path.parents if os.path.exists(parent))
     if not folder.is_dir():
-        raise ConfigError(f"output={output}: {folder} is a file, not a folder")
+        raise UserError(f"output={output}: {folder} is a file, not a folder")
     limit = os.pathconf(folder, "PC_NAME_MAX")
     if any(len(os.fsencode(part)) > limit for part in path.relative_to(folder).parts):
-        raise ConfigError(f"output={output}: a name in the path is longer than {limit} bytes")
+        raise UserError(f"output={output}: a name in the path is longer than {limit} bytes")
     try:
         tempfile.TemporaryFile(dir=folder).close()
     except OSError as error:
-        raise ConfigError(f"output={output}: cannot create files in {folder} ({error.strerror})") from None
+        raise UserError(f"output={output}: cannot create files in {folder} ({error.strerror})") from None
 
 
 def check_model_fits(cfg, stream: TaskStream) -> None:
@@ -103,7 +103,7 @@ def check_model_fits(cfg, stream: TaskStream) -> None:
     try:
         build_model(cfg.model, stream)
     except RuntimeError:
-        raise ConfigError(f"model={cfg.model}: does not take benchmark={cfg.benchmark}'s inputs of shape "
+        raise UserError(f"model={cfg.model}: does not take benchmark={cfg.benchmark}'s inputs of shape "
                           f"{tuple(stream.input_shape)}; use model=auto ({stream.default_model})") from None
 
 
@@ -120,7 +120,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         seeds = list(cfg.seeds) if cfg.seeds is not None else [cfg.seed]
         first_stream = stream_for(cfg, seeds[0])
         check_model_fits(cfg, first_stream)
-    except ConfigError as error:
+    except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     runs = []

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import ness_sweep.train as train
-from ness_sweep.config import MAX_SEED, ConfigError, RunConfig, load_run_config, load_sweep_config
+from ness_sweep.config import MAX_SEED, UserError, RunConfig, load_run_config, load_sweep_config
 
 
 @pytest.fixture
@@ -58,7 +58,7 @@ def test_non_finite_numbers_are_refused_everywhere(key, value, no_work, capsys):
 
 @pytest.mark.parametrize("key", ["trial.cpu", "trial.gpu"])
 def test_non_finite_numbers_are_refused_in_sweep_settings(key):
-    with pytest.raises(ConfigError, match=rf"^{key}=inf: must be a finite number"):
+    with pytest.raises(UserError, match=rf"^{key}=inf: must be a finite number"):
         load_sweep_config([f"{key}=inf"])
 
 
@@ -89,7 +89,7 @@ def test_the_largest_seed_is_accepted():
     (["sweep.seed=-1"], "sweep.seed"),
 ])
 def test_sweep_seeds_are_checked_too(args, key):
-    with pytest.raises(ConfigError) as error:
+    with pytest.raises(UserError) as error:
         load_sweep_config(args)
     assert str(error.value).startswith(key) and len(str(error.value).splitlines()) == 1
 
@@ -129,7 +129,7 @@ def test_devices_that_exist_are_accepted(gpus):
 
 def test_a_sweep_joining_a_cluster_does_not_check_the_drivers_gpus(gpus, monkeypatch):
     gpus(0)
-    with pytest.raises(ConfigError, match="device=cuda"):
+    with pytest.raises(UserError, match="device=cuda"):
         load_sweep_config(["device=cuda"])
     assert load_sweep_config(["device=cuda", "ray.address=auto"]).device == "cuda"
     monkeypatch.setenv("RAY_ADDRESS", "10.0.0.1:6379")
@@ -170,7 +170,7 @@ def test_a_bad_preset_file_is_named(text, says, tmp_path, no_work, capsys):
 def test_a_preset_is_checked_for_the_sweep_too(tmp_path):
     preset = tmp_path / "p.yaml"
     preset.write_text("ness:\n  treshold: 0.1\n")
-    with pytest.raises(ConfigError, match=f"^preset file {preset}: ness.treshold: unknown key"):
+    with pytest.raises(UserError, match=f"^preset file {preset}: ness.treshold: unknown key"):
         load_sweep_config([f"preset={preset}"])
 
 

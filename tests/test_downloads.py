@@ -19,7 +19,7 @@ import torch
 import torchvision.datasets
 
 from fake_data import write_fake_cifar100, write_fake_five_datasets
-from ness_sweep.config import ConfigError
+from ness_sweep.config import UserError
 from ness_sweep.data import load_stream
 
 
@@ -137,7 +137,7 @@ def closed_port() -> int:
 def test_unreachable_server_is_one_line_and_writes_nothing(tmp_path, monkeypatch):
     monkeypatch.setattr(torchvision.datasets.CIFAR100, "url", f"http://127.0.0.1:{closed_port()}/cifar-100-python.tar.gz")
     root = tmp_path / "new" / "data_root"
-    with pytest.raises(ConfigError) as error:
+    with pytest.raises(UserError) as error:
         load_stream("split_cifar100", str(root), 0, 0.25, download=True)
     message = str(error.value)
     assert "\n" not in message
@@ -151,7 +151,7 @@ def test_checksum_mismatch_keeps_nothing_of_the_download(tmp_path, archives, mon
     root = tmp_path / "data_root"
     root.mkdir()
     (root / "notes.txt").write_text("mine")
-    with pytest.raises(ConfigError) as error:
+    with pytest.raises(UserError) as error:
         load_stream("split_cifar100", str(root), 0, 0.25, download=True)
     assert "download failed" in str(error.value) and archives.requests
     assert [p.name for p in root.iterdir()] == ["notes.txt"]
@@ -160,7 +160,7 @@ def test_checksum_mismatch_keeps_nothing_of_the_download(tmp_path, archives, mon
 def test_download_false_never_asks_the_server(tmp_path, archives, monkeypatch):
     source = write_fake_cifar100(tmp_path / "source", per_class=2, test_per_class=1)
     serve_cifar100(archives, monkeypatch, source)
-    with pytest.raises(ConfigError) as error:
+    with pytest.raises(UserError) as error:
         load_stream("split_cifar100", str(tmp_path / "data_root"), 0, 0.25, download=False)
     assert "download=true" in str(error.value)
     assert archives.requests == []

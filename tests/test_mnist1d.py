@@ -11,7 +11,7 @@ from mnist1d.data import get_dataset_args, make_dataset
 
 from ness_sweep import ness
 from ness_sweep import mnist1d as benchmark
-from ness_sweep.config import ConfigError, load_run_config
+from ness_sweep.config import UserError, load_run_config
 from ness_sweep.data import load_stream, stream_for
 from ness_sweep.models import build_model
 from ness_sweep.trainer import Trainer
@@ -69,7 +69,7 @@ def test_cache_made_with_other_arguments_is_refused(tmp_path):
     other_args = {**SMALL_ARGS, "seed": 43}
     made, wanted = (benchmark.cache_path(tmp_path, benchmark.generator_id(a)) for a in (SMALL_ARGS, other_args))
     shutil.copy(made, wanted)  # a file under the name of other arguments: its contents say otherwise
-    with pytest.raises(ConfigError) as error:
+    with pytest.raises(UserError) as error:
         benchmark.load_mnist1d(tmp_path, other_args)
     message = str(error.value)
     assert message.startswith(f"{wanted}: not a valid MNIST-1D cache (ValueError: made with seed=42 instead of seed=43)")
@@ -82,7 +82,7 @@ def test_unreadable_cache_is_a_one_line_error_naming_the_file(tmp_path, contents
     path = benchmark.cache_path(tmp_path, benchmark.generator_id(benchmark.MNIST1D_ARGS))
     path.parent.mkdir(parents=True)
     path.write_bytes(contents)
-    with pytest.raises(ConfigError) as error:
+    with pytest.raises(UserError) as error:
         load_stream("split_mnist1d", str(tmp_path), 0, VALID_FRACTION)
     message = str(error.value)
     assert message.startswith(f"{path}: not a valid MNIST-1D cache (") and "\n" not in message
@@ -94,14 +94,14 @@ def test_cache_with_wrong_arrays_is_refused(tmp_path):
     arrays = benchmark.generate(SMALL_ARGS)
     path = benchmark.cache_path(tmp_path, made_by)
     benchmark.write_cache(path, {**arrays, "x_test": arrays["x_test"][:, :20]}, made_by)
-    with pytest.raises(ConfigError, match=r"x_test is float32 \(20, 20\), not float32 N x 40"):
+    with pytest.raises(UserError, match=r"x_test is float32 \(20, 20\), not float32 N x 40"):
         benchmark.load_mnist1d(tmp_path, SMALL_ARGS)
 
 
 def test_data_root_that_cannot_hold_the_cache_is_a_one_line_error(tmp_path):
     not_a_folder = tmp_path / "file"
     not_a_folder.write_text("")
-    with pytest.raises(ConfigError, match=r"cannot write the MNIST-1D cache .*data_root must be a writable folder"):
+    with pytest.raises(UserError, match=r"cannot write the MNIST-1D cache .*data_root must be a writable folder"):
         benchmark.load_mnist1d(not_a_folder, SMALL_ARGS)
 
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from fake_data import (read_markers, write_fake_cifar100, write_fake_five_datasets, write_fake_miniimagenet)
-from ness_sweep.config import ConfigError, load_run_config
+from ness_sweep.config import UserError, load_run_config
 from ness_sweep.data import load_stream
 
 REPO = Path(__file__).resolve().parents[1]
@@ -89,7 +89,7 @@ def test_missing_class_is_reported(tmp_path):
     batch["fine_labels"] = [min(label, 98) for label in batch["fine_labels"]]
     with open(path, "wb") as f:
         pickle.dump(batch, f)
-    with pytest.raises(ConfigError, match=r"cifar-100-python/train: expected labels 0\.\.99"):
+    with pytest.raises(UserError, match=r"cifar-100-python/train: expected labels 0\.\.99"):
         load_stream("split_cifar100", str(root), 0, 0.1)
 
 
@@ -166,7 +166,7 @@ def test_missing_file_is_one_line_naming_it(tmp_path, benchmark_name, relative):
     root = WRITERS[benchmark_name](tmp_path, 1, 1)
     target = root / relative
     shutil.rmtree(target) if target.is_dir() else target.unlink()
-    with pytest.raises(ConfigError) as error:
+    with pytest.raises(UserError) as error:
         load_stream(benchmark_name, str(root), 0, 0.1)
     message = str(error.value)
     assert relative in message and "\n" not in message
@@ -187,7 +187,7 @@ def test_corrupt_file_is_one_line_naming_it(tmp_path, benchmark_name, relative):
     if not target.exists():  # the PNG names depend on the shuffled labels: take C's first image
         target = sorted(target.parent.glob("*.png"))[0]
     target.write_bytes(target.read_bytes()[: len(target.read_bytes()) // 2])  # truncated
-    with pytest.raises(ConfigError) as error:
+    with pytest.raises(UserError) as error:
         load_stream(benchmark_name, str(root), 0, 0.1)
     message = str(error.value)
     assert str(target) in message and "\n" not in message

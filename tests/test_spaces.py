@@ -14,7 +14,7 @@ import optuna
 import pytest
 
 from ness_sweep import run, sweep
-from ness_sweep.config import ConfigError
+from ness_sweep.config import UserError
 
 REQUIRED_SPACES = {"rank_threshold", "threshold", "lr", "smoke"}
 
@@ -126,7 +126,7 @@ MALFORMED = [
 @pytest.mark.parametrize("text,named", MALFORMED)
 def test_malformed_space_is_one_line_naming_the_entry(text, named, tmp_path):
     path = write_space(tmp_path, text)
-    with pytest.raises(ConfigError) as error:
+    with pytest.raises(UserError) as error:
         plan_for(tmp_path, f"space={path}")
     message = str(error.value)
     assert "\n" not in message and str(path) in message, message

@@ -16,7 +16,7 @@ from omegaconf import OmegaConf
 from ray import tune
 
 from ness_sweep import report, results, run, sweep, train
-from ness_sweep.config import ConfigError, load_run_config
+from ness_sweep.config import UserError, load_run_config
 from ness_sweep.data import check_stream, stream_for
 
 

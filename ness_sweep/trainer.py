@@ -13,7 +13,7 @@ import math
 import random
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import metrics, ness
-from .data import Task, TaskStream, batches, seed_everything
+from .data import Task, TaskStream, seed_everything
 from .models import build_model, pick_device
 
 EVAL_BATCH_SIZE = 256  # evaluation and statistics batches: larger than training's, same results
@@ -121,10 +121,11 @@ class Trainer:
         return ranks
 
     def task_inputs(self, tasks: List[Task]):
-        """Training inputs of the given tasks, batch by batch, normalised on the device."""
+        """Training inputs of the given tasks, batch by batch, normalised on the device (slices of the
+        stored tensors: no index tensor crosses from the host)."""
         for task in tasks:
-            for idx in batches(len(task.y_train), EVAL_BATCH_SIZE):
-                yield task.inputs(task.x_train[idx.to(self.device)])
+            for x in task.x_train.split(EVAL_BATCH_SIZE):
+                yield task.inputs(x)
 
     def replay_grams(self, t: int) -> Dict[str, Tensor]:
         """The paper's statistics: all previous tasks' inputs through the current network, one pass."""
@@ -155,25 +156,13 @@ class Trainer:
     def train_loop(self, t: int, params: List[nn.Parameter]) -> None:
         """Epochs with validation; lr ÷ lr_factor after lr_patience epochs without improvement, stop
         below lr_min, and keep the weights with the best validation loss."""
-        tc, task, model = self.cfg.train, self.stream.tasks[t], self.model
+        tc, task = self.cfg.train, self.stream.tasks[t]
         optimizer = self.make_optimizer(params)
         lr, patience = tc.lr, tc.lr_patience
         best_loss, best = math.inf, [p.detach().clone() for p in params]
-        n = len(task.y_train)
         for epoch in range(1, tc.epochs + 1):
-            model.train()
-            total, seen = 0.0, 0
-            for idx in batches(n, tc.batch_size, self.shuffle):
-                if len(idx) < 2 <= n:
-                    continue  # batch norm cannot normalise a single sample
-                idx = idx.to(self.device)
-                loss = F.cross_entropy(model(task.inputs(task.x_train[idx]), t), task.y_train[idx])
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                total += loss.item() * len(idx)
-                seen += len(idx)
-            train_loss = total / max(seen, 1)
+            total, seen = self.epoch_loss_sum(task, t, optimizer)
+            train_loss = total.item() / max(seen, 1)  # one read of the device per epoch
             if not math.isfinite(train_loss):
                 raise FloatingPointError(f"training loss became {train_loss} at task {t + 1}, epoch {epoch} "
                                          f"(train.lr={tc.lr} may be too large)")
@@ -196,6 +185,29 @@ class Trainer:
             for p, value in zip(params, best):
                 p.copy_(value)
 
+    def epoch_order(self, n: int) -> Tensor:
+        """This epoch's sample order on the device. Drawn from the CPU generator (checkpointed, and the same
+        order for a seed on every device), then copied once: no index tensor crosses per batch."""
+        return torch.randperm(n, generator=self.shuffle).to(self.device)
+
+    def epoch_loss_sum(self, task: Task, t: int, optimizer: torch.optim.Optimizer) -> Tuple[Tensor, int]:
+        """One training epoch; the summed loss stays on the device (float64, as the host sum was), so the
+        GPU never waits for the host between batches. Returns it with the number of samples trained."""
+        model, n, size = self.model, len(task.y_train), self.cfg.train.batch_size
+        model.train()
+        total = torch.zeros((), dtype=torch.float64, device=self.device)
+        seen = 0
+        for idx in self.epoch_order(n).split(size):
+            if len(idx) < 2 <= n:
+                continue  # batch norm cannot normalise a single sample
+            loss = F.cross_entropy(model(task.inputs(task.x_train[idx]), t), task.y_train[idx])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += loss.detach().double() * len(idx)
+            seen += len(idx)
+        return total, seen
+
     # ---- post-train: merge and statistics -------------------------------------------------
     def post_train(self, t: int) -> None:
         """Merge W ← W + A Bᵀ; with stream memory, add this task's Gram matrices once."""
@@ -209,21 +221,32 @@ class Trainer:
     # ---- evaluation -------------------------------------------------------------------------
     @torch.no_grad()
     def _predict(self, task: Task, t: int, x: Tensor, y: Tensor):
+        """Outputs and labels batch by batch, over slices of the stored tensors (no index copies)."""
         self.model.eval()
-        for idx in batches(len(y), EVAL_BATCH_SIZE):
-            idx = idx.to(self.device)
-            yield self.model(task.inputs(x[idx]), t), y[idx]
+        for x_batch, y_batch in zip(x.split(EVAL_BATCH_SIZE), y.split(EVAL_BATCH_SIZE)):
+            yield self.model(task.inputs(x_batch), t), y_batch
+
+    def valid_loss_sum(self, task: Task, t: int) -> Tensor:
+        """Summed validation cross-entropy, on the device in float64 (as the host sum was)."""
+        total = torch.zeros((), dtype=torch.float64, device=self.device)
+        for out, y in self._predict(task, t, task.x_valid, task.y_valid):
+            total += F.cross_entropy(out, y, reduction="sum").double()
+        return total
+
+    def correct_count(self, task: Task, t: int) -> Tensor:
+        """Test samples head t gets right, counted on the device."""
+        correct = torch.zeros((), dtype=torch.long, device=self.device)
+        for out, y in self._predict(task, t, task.x_test, task.y_test):
+            correct += (out.argmax(1) == y).sum()
+        return correct
 
     def loss(self, task: Task, t: int) -> float:
-        """Mean validation cross-entropy."""
-        total = sum(F.cross_entropy(out, y, reduction="sum").item()
-                    for out, y in self._predict(task, t, task.x_valid, task.y_valid))
-        return total / len(task.y_valid)
+        """Mean validation cross-entropy: one read of the device per evaluation."""
+        return self.valid_loss_sum(task, t).item() / len(task.y_valid)
 
     def accuracy(self, task: Task, t: int) -> float:
-        """Test accuracy (%) of head t."""
-        correct = sum(int((out.argmax(1) == y).sum()) for out, y in self._predict(task, t, task.x_test, task.y_test))
-        return 100.0 * correct / len(task.y_test)
+        """Test accuracy (%) of head t: one read of the device per evaluation."""
+        return 100.0 * self.correct_count(task, t).item() / len(task.y_test)
 
     # ---- results and state ------------------------------------------------------------------
     def task_result(self) -> TaskResult:
@@ -240,7 +263,8 @@ class Trainer:
                          list(self.trainable_params), self.seconds)
 
     def state_dict(self) -> dict:
-        """Everything needed to continue from the next task: weights (merged), statistics, rows, RNGs."""
+        """Everything needed to continue from the next task: weights (merged), statistics, rows, RNGs.
+        Every tensor is on the CPU, so a checkpoint loads on any machine, with or without CUDA."""
         return {
             "next_task": self.next_task,
             "model": {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()},
@@ -251,7 +275,7 @@ class Trainer:
             "stream_grams": {k: v.cpu() for k, v in self.stream_grams.items()},
             "rng": {
                 "torch": torch.get_rng_state(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+                "cuda": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
                 "numpy": np.random.get_state(),
                 "python": random.getstate(),
                 "shuffle": self.shuffle.get_state(),
@@ -268,8 +292,8 @@ class Trainer:
         self.stream_grams = {k: v.to(self.device) for k, v in state["stream_grams"].items()}
         rng = state["rng"]
         torch.set_rng_state(rng["torch"])
-        if rng["cuda"] is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(rng["cuda"])
+        if rng["cuda"] is not None and self.device.type == "cuda":  # a CPU trainer has no use for it
+            torch.cuda.set_rng_state(rng["cuda"], self.device)
         np.random.set_state(rng["numpy"])
         random.setstate(rng["python"])
         self.shuffle.set_state(rng["shuffle"])

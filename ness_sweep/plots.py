@@ -1,0 +1,407 @@
+"""The sweep's report page: plots of its Parquet table and of its Optuna study, in one self-contained HTML file.
+
+A long sweep is understood offline, often on a laptop without network and after the cluster is gone, so
+``DIR/report.html`` carries everything itself: plotly's JavaScript inlined once, no CDN, no stylesheet links.
+Every plot is built from ``results.parquet`` alone (plus ``plan.yaml`` for the axes' scales), except the
+parameter importances, which come from the sweep's Optuna study (``optuna.db``), the same numbers
+``optuna-dashboard`` and ``optuna.importance`` show. A plot that cannot be drawn yet (no finished trial, no
+study) leaves its section in place with a line saying why, so a page written mid-sweep still reads.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import html
+import math
+import os
+import shutil
+import sqlite3
+import tempfile
+from dataclasses import dataclass
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+
+import plotly.graph_objects as go
+import plotly.io as pio
+import pyarrow as pa
+import pyarrow.fs as pafs
+from omegaconf import OmegaConf
+
+from . import results
+from .results import Status, SweepFolder
+
+STUDY_FILE = SweepFolder.OPTUNA
+FRONT_METRICS, FRONT_MODES = ("acc", "bwt"), ("max", "max")  # the trade-off every NESS sweep is judged on
+SCALES = {"loguniform": "log axis (sampled log-uniformly)", "uniform": "sampled uniformly", "int": "integers",
+          "choice": "one category per choice"}
+STATUS_MEANING = {Status.TERMINATED: "finished", Status.STOPPED: "stopped early by the scheduler",
+                  Status.DIVERGED: "loss became NaN/inf", Status.ERROR: "failed"}
+STATUS_COLOUR = {Status.TERMINATED: "#1f77b4", Status.STOPPED: "#ff7f0e", Status.DIVERGED: "#d62728",
+                 Status.ERROR: "#7f7f7f"}
+STATUS_SYMBOL = {Status.TERMINATED: "circle", Status.STOPPED: "x", Status.DIVERGED: "triangle-down",
+                 Status.ERROR: "square"}
+
+
+@dataclass
+class Section:
+    """One plot of the page: its figure, or ``note`` saying why there is none (the section stays visible)."""
+
+    name: str
+    title: str
+    caption: str
+    figure: Optional[go.Figure] = None
+    note: str = ""
+
+
+# ---- what the table says -----------------------------------------------------------------------
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def is_finished(row: Dict[str, Any]) -> bool:
+    """A trial that ran every task: only those have a final ACC and BWT (stopped ones end at acc_seen)."""
+    return row["status"] == Status.TERMINATED and _number(row.get("acc"))
+
+
+def finished_rows(rows: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    return [r for r in rows if is_finished(r)]
+
+
+def _label(value: Any) -> str:
+    """A setting as the command line writes it: the category name of a choice axis, and hover text."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def _hover(row: Dict[str, Any], searched: Sequence[str]) -> str:
+    """Which trial a point is, with its searched settings: what a reader needs to rerun it."""
+    lines = [f"trial {row['trial_id']} ({row['status']})"]
+    lines += [f"{key} = {_label(row.get(key))}" for key in searched]
+    return "<br>".join(lines)
+
+
+def distributions(plan_record: Optional[Dict[str, Any]]) -> Dict[str, Tuple[str, List[Any]]]:
+    """Searched key -> (kind, values) from plan.yaml's ``space.search`` (``{loguniform: [low, high]}``, ...)."""
+    search = ((plan_record or {}).get("space") or {}).get("search") or {}
+    return {key: next(iter(spec.items())) for key, spec in search.items() if isinstance(spec, dict) and spec}
+
+
+def _figure(title: str, x_title: str, y_title: str, height: int = 450) -> go.Figure:
+    figure = go.Figure()
+    figure.update_layout(title=title, xaxis_title=x_title, yaxis_title=y_title, height=height,
+                         template="plotly_white", hovermode="closest")
+    return figure
+
+
+# ---- the plots ---------------------------------------------------------------------------------
+
+def acc_bwt_section(rows: List[Dict[str, Any]], searched: Sequence[str]) -> Section:
+    """ACC against BWT: NESS promises little forgetting, so a high ACC bought with a very negative BWT shows here."""
+    title = "ACC against BWT"
+    caption = ("Every finished trial's final average accuracy (ACC, %) against its backward transfer (BWT, "
+               "points; negative means forgetting). The Pareto front over ACC (max) and BWT (max) is marked.")
+    done = [r for r in finished_rows(rows) if _number(r.get("bwt"))]
+    if not done:
+        return Section("acc_bwt", title, caption, note="No finished trial has both ACC and BWT yet.")
+    front = results.pareto_front(done, list(FRONT_METRICS), list(FRONT_MODES))
+    figure = _figure(title, "BWT (points)", "ACC (%)")
+    figure.add_trace(go.Scatter(x=[r["bwt"] for r in done], y=[r["acc"] for r in done], mode="markers",
+                                name="finished trials", text=[_hover(r, searched) for r in done],
+                                hovertemplate="%{text}<br>BWT %{x:.2f}, ACC %{y:.2f}<extra></extra>",
+                                marker={"size": 8, "color": STATUS_COLOUR[Status.TERMINATED], "opacity": 0.6}))
+    figure.add_trace(go.Scatter(x=[r["bwt"] for r in front], y=[r["acc"] for r in front], mode="lines+markers",
+                                name="Pareto front", text=[_hover(r, searched) for r in front],
+                                hovertemplate="%{text}<br>BWT %{x:.2f}, ACC %{y:.2f}<extra>front</extra>",
+                                marker={"size": 13, "symbol": "star", "color": "#d62728"},
+                                line={"dash": "dot", "color": "#d62728"}))
+    return Section("acc_bwt", title, caption, figure)
+
+
+def acc_vs_key_section(rows: List[Dict[str, Any]], key: str, distribution: Optional[Tuple[str, List[Any]]],
+                       searched: Sequence[str]) -> Section:
+    """ACC against one searched key, on the scale the search sampled it: log for loguniform, categories for
+    choice, so a good region looks as wide as the sampler saw it."""
+    kind, values = distribution or ("unknown", [])
+    title = f"ACC against {key}"
+    done = finished_rows(rows)
+    categorical = kind == "choice" or (kind == "unknown" and any(not _number(r.get(key)) for r in done))
+    if not categorical:
+        done = [r for r in done if _number(r.get(key))]
+    scale = SCALES.get(kind, "plan.yaml does not give its distribution, so a linear axis")
+    caption = f"Final ACC of every finished trial against its {key}: {scale}."
+    name = f"acc_vs_{key}"
+    if not done:
+        return Section(name, title, caption, note=f"No finished trial with a value of {key} yet.")
+    x = [_label(r.get(key)) for r in done] if categorical else [r[key] for r in done]
+    figure = _figure(title, key, "ACC (%)")
+    figure.add_trace(go.Scatter(x=x, y=[r["acc"] for r in done], mode="markers", name="finished trials",
+                                text=[_hover(r, searched) for r in done], marker={"size": 9, "opacity": 0.7},
+                                hovertemplate="%{text}<br>ACC %{y:.2f}<extra></extra>"))
+    if categorical:
+        order = [_label(v) for v in values] if kind == "choice" else sorted(set(x))
+        figure.update_xaxes(type="category", categoryorder="array", categoryarray=order)
+    else:
+        figure.update_xaxes(type="log" if kind == "loguniform" else "linear")
+    return Section(name, title, caption, figure)
+
+
+def running_best(values: Sequence[float]) -> List[float]:
+    """The best ACC among the trials so far, after each one: what the search had found by then."""
+    best, out = -math.inf, []
+    for value in values:
+        best = max(best, value)
+        out.append(best)
+    return out
+
+
+def history_section(rows: List[Dict[str, Any]], searched: Sequence[str]) -> Section:
+    """ACC in the order Tune created the trials, with the best so far: did TPE improve after its random start?"""
+    title = "Optimisation history"
+    caption = ("Final ACC of each finished trial against its place in the order the sweep created trials "
+               "(trials that did not finish leave gaps), and the best ACC so far. Optuna's first 10 trials "
+               "are random; TPE proposes the rest.")
+    order = [(i + 1, r) for i, r in enumerate(rows) if is_finished(r)]
+    if not order:
+        return Section("history", title, caption, note="No finished trial yet.")
+    x, acc = [i for i, _ in order], [r["acc"] for _, r in order]
+    figure = _figure(title, "trial (creation order)", "ACC (%)")
+    figure.add_trace(go.Scatter(x=x, y=acc, mode="markers", name="ACC", text=[_hover(r, searched) for _, r in order],
+                                hovertemplate="%{text}<br>ACC %{y:.2f}<extra></extra>", marker={"size": 8}))
+    figure.add_trace(go.Scatter(x=x, y=running_best(acc), mode="lines", name="best so far",
+                                line={"shape": "hv", "color": "#d62728"}))
+    return Section("history", title, caption, figure)
+
+
+def importance_section(study: Any, metrics: Sequence[str], missing: str) -> Section:
+    """Optuna's fANOVA importances: which searched keys the metric depended on, so the next space can fix
+    the rest. Computed from the study on disk, the same numbers ``optuna.importance`` gives."""
+    import optuna
+
+    title = "Parameter importances"
+    caption = (f"fANOVA importance of each searched key for {metrics[0]} (optuna.importance, seed 0, normalised "
+               f"to sum 1), from the complete trials of the sweep's Optuna study ({STUDY_FILE}).")
+    if study is None:
+        return Section("importances", title, caption, note=missing)
+    complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    if len(complete) < 2:
+        return Section("importances", title, caption,
+                       note=f"{STUDY_FILE} has {len(complete)} complete trial(s); importances need at least 2.")
+    target = (lambda trial: trial.values[0]) if len(study.directions) > 1 else None
+    try:
+        importances = optuna.importance.get_param_importances(
+            study, target=target, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0))
+    except Exception as error:  # optuna refuses studies it cannot fit (no varying parameter, ...)
+        return Section("importances", title, caption, note=f"Optuna cannot compute importances: {error}")
+    if not importances:
+        return Section("importances", title, caption, note="The study's trials share no parameter to rank.")
+    figure = _figure(title, "searched key", f"importance for {metrics[0]}")
+    names = [name.replace("/", ".") for name in importances]  # Ray names nested keys a/b
+    figure.add_trace(go.Bar(x=names, y=list(importances.values()), name="importance",
+                            hovertemplate="%{x}: %{y:.3f}<extra></extra>"))
+    return Section("importances", title, caption, figure)
+
+
+def acc_seen_section(rows: List[Dict[str, Any]]) -> Section:
+    """acc_seen after each task, per trial: the signal ASHA decides on, so a line that ends early is a trial
+    stopped there; its end is marked by how the trial ended."""
+    title = "acc_seen per task"
+    caption = ("Mean accuracy over the tasks seen so far (acc_seen, %) after each finished task, one line per "
+               "trial, coloured by how it ended; the marker is its last report (× = stopped early by ASHA).")
+    traced = [r for r in rows if r.get("acc_seen_per_task")]
+    if not traced:
+        return Section("acc_seen", title, caption, note="No trial has finished a task yet.")
+    figure = _figure(title, "tasks finished", "acc_seen (%)")
+    for row in traced:
+        status, values = row["status"], list(row["acc_seen_per_task"])
+        colour = STATUS_COLOUR.get(status, "#bcbd22")
+        figure.add_trace(go.Scatter(
+            x=list(range(1, len(values) + 1)), y=values, mode="lines", name=f"trial {row['trial_id']}",
+            legendgroup=status, showlegend=False, opacity=0.6, line={"color": colour},
+            hovertemplate=f"trial {row['trial_id']} ({status})<br>task %{{x}}: %{{y:.2f}}<extra></extra>"))
+    for status in sorted({r["status"] for r in traced}):
+        ends = [r for r in traced if r["status"] == status]
+        figure.add_trace(go.Scatter(
+            x=[len(r["acc_seen_per_task"]) for r in ends], y=[r["acc_seen_per_task"][-1] for r in ends],
+            mode="markers", name=f"{status} ({STATUS_MEANING.get(status, 'not ended')})", legendgroup=status,
+            text=[f"trial {r['trial_id']}" for r in ends],
+            marker={"size": 10, "color": STATUS_COLOUR.get(status, "#bcbd22"),
+                    "symbol": STATUS_SYMBOL.get(status, "diamond")},
+            hovertemplate=f"%{{text}} ({status})<br>last report after task %{{x}}: %{{y:.2f}}<extra></extra>"))
+    figure.update_xaxes(dtick=1)
+    return Section("acc_seen", title, caption, figure)
+
+
+def _heatmap_height(n: int) -> int:
+    return max(350, 140 + 32 * n)
+
+
+def acc_matrix_section(best: Optional[Dict[str, Any]]) -> Section:
+    """R[i][j] of the best trial: where forgetting happened (a column fading downwards) and which tasks were hard."""
+    title = "Accuracy matrix of the best trial"
+    caption = ("R[i][j]: test accuracy (%) on task j after training task i, for the best trial "
+               "(the leaderboard's first row); blank above the diagonal.")
+    if best is None or not best.get("acc_matrix"):
+        return Section("acc_matrix", title, caption, note="No finished trial yet: no best trial.")
+    matrix = [list(row) for row in best["acc_matrix"]]
+    tasks = list(range(1, len(matrix) + 1))
+    figure = _figure(f"{title} ({best['trial_id']})", "evaluated on task j", "after training task i",
+                     _heatmap_height(len(matrix)))
+    figure.add_trace(go.Heatmap(z=matrix, x=tasks, y=tasks, colorscale="Viridis", texttemplate="%{text}",
+                                text=[["" if v is None else f"{v:.1f}" for v in row] for row in matrix],
+                                hovertemplate="after task %{y}, on task %{x}: %{z:.2f}%<extra></extra>",
+                                colorbar={"title": "acc %"}))
+    figure.update_xaxes(dtick=1)
+    figure.update_yaxes(dtick=1, autorange="reversed")
+    return Section("acc_matrix", f"{title} ({best['trial_id']})", caption, figure)
+
+
+def rank_grid(ranks: Sequence[Any]) -> Tuple[List[str], List[List[Optional[int]]]]:
+    """Layers (in the order they first appear) and z[layer][task]; None where a task recorded no rank.
+    Parquet maps come back as lists of (key, value) pairs."""
+    per_task = [dict(entry or {}) for entry in ranks]
+    layers: List[str] = []
+    for entry in per_task:
+        layers += [name for name in entry if name not in layers]
+    return layers, [[entry.get(name) for entry in per_task] for name in layers]
+
+
+def ranks_section(best: Optional[Dict[str, Any]]) -> Section:
+    """The best trial's subspace rank per layer and task: how much room NESS left each layer to learn."""
+    title = "Ranks of the best trial"
+    caption = ("Rank r of the trainable update A Bᵀ of each adapted layer, per task (the first seed's run); "
+               "0 means the layer stayed frozen for that task.")
+    if best is None or not best.get("ranks"):
+        return Section("ranks", title, caption, note="No finished trial with recorded ranks yet.")
+    layers, z = rank_grid(best["ranks"])
+    tasks = list(range(1, len(best["ranks"]) + 1))
+    figure = _figure(f"{title} ({best['trial_id']})", "task", "layer", _heatmap_height(len(layers)))
+    figure.add_trace(go.Heatmap(z=z, x=tasks, y=layers, colorscale="Blues", texttemplate="%{text}",
+                                text=[["" if v is None else str(v) for v in row] for row in z],
+                                hovertemplate="%{y}, task %{x}: rank %{z}<extra></extra>", colorbar={"title": "rank"}))
+    figure.update_xaxes(dtick=1)
+    figure.update_yaxes(type="category", autorange="reversed")
+    return Section("ranks", f"{title} ({best['trial_id']})", caption, figure)
+
+
+# ---- the page ----------------------------------------------------------------------------------
+
+def build_sections(table: pa.Table, plan_record: Optional[Dict[str, Any]], study: Any = None,
+                   study_missing: str = f"No {STUDY_FILE} in the sweep folder.") -> List[Section]:
+    """Every section of the page, in reading order; ``study_missing`` says why ``study`` is None."""
+    meta = results.sweep_metadata(table)
+    rows = table.to_pylist()
+    searched = [key for key in meta["searched"] if key in table.column_names]
+    kinds = distributions(plan_record)
+    best = (results.best_rows(table) or [None])[0]
+    return [acc_bwt_section(rows, searched),
+            *[acc_vs_key_section(rows, key, kinds.get(key), searched) for key in searched],
+            history_section(rows, searched),
+            importance_section(study, meta["metrics"], study_missing),
+            acc_seen_section(rows), acc_matrix_section(best), ranks_section(best)]
+
+
+def build_figures(table: pa.Table, plan_record: Optional[Dict[str, Any]], study: Any = None) -> Dict[str, go.Figure]:
+    """Section name -> plotly figure, for the plots that can be drawn (``acc_bwt``, ``acc_vs_<key>`` per
+    searched key, ``history``, ``importances``, ``acc_seen``, ``acc_matrix``, ``ranks``)."""
+    return {s.name: s.figure for s in build_sections(table, plan_record, study) if s.figure is not None}
+
+
+def status_counts(rows: Sequence[Dict[str, Any]]) -> str:
+    """'12 trials: 7 TERMINATED (finished), 4 STOPPED (...)': ended statuses first, in a fixed order."""
+    counts: Dict[str, int] = {}
+    for row in rows:
+        counts[row["status"]] = counts.get(row["status"], 0) + 1
+    order = [s for s in Status.ENDED if s in counts] + sorted(s for s in counts if s not in Status.ENDED)
+    parts = [f"{counts[s]} {s} ({STATUS_MEANING.get(s, 'not ended')})" for s in order]
+    return f"{len(rows)} trials" + (": " + ", ".join(parts) if parts else "")
+
+
+def render_html(table: pa.Table, sections: Sequence[Section]) -> str:
+    """One page: plotly.js inlined with the first figure only, every later figure refers to it."""
+    meta = results.sweep_metadata(table)
+    rows = table.to_pylist()
+    objectives = ", ".join(f"{m} ({mode})" for m, mode in zip(meta["metrics"], meta["modes"]))
+    head = [f"<h1>Sweep {html.escape(meta['sweep'])}</h1>",
+            f"<p>Space {html.escape(str(meta.get('space')))}; objectives {html.escape(objectives)}; searched: "
+            f"{html.escape(', '.join(meta['searched']) or 'nothing')}.</p>",
+            f"<p class='counts'>{html.escape(status_counts(rows))}.</p>"]
+    if not finished_rows(rows):
+        head.append("<p class='note'>No trial has finished yet: plots of final metrics are empty.</p>")
+    body, plotly_js = [], True
+    for section in sections:
+        parts = [f"<section id='{html.escape(section.name)}'><h2>{html.escape(section.title)}</h2>",
+                 f"<p class='caption'>{html.escape(section.caption)}</p>"]
+        if section.figure is None:
+            parts.append(f"<p class='note'>{html.escape(section.note)}</p>")
+        else:
+            height = section.figure.layout.height or 450
+            parts.append(pio.to_html(section.figure, include_plotlyjs=plotly_js, full_html=False,
+                                     default_height=f"{height}px", config={"displaylogo": False}))
+            plotly_js = False
+        body.append("\n".join(parts) + "</section>")
+    style = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:auto;padding:1em;color:#222}"
+             "section{margin-top:2em}.caption{color:#555}.note{color:#a33;font-style:italic}")
+    return ("<!DOCTYPE html>\n<html><head><meta charset='utf-8'>"
+            f"<title>ness_sweep report: {html.escape(meta['sweep'])}</title><style>{style}</style></head>\n"
+            "<body>\n" + "\n".join(head + body) + "\n</body></html>\n")
+
+
+def read_plan(fs: pafs.FileSystem, root: str) -> Optional[Dict[str, Any]]:
+    """plan.yaml as a dict, or None when the sweep folder has none (axes then fall back to linear)."""
+    path = f"{root}/{SweepFolder.PLAN}"
+    if not results.exists(fs, path):
+        return None
+    with fs.open_input_stream(path) as stream:
+        return OmegaConf.to_container(OmegaConf.create(stream.read().decode()))
+
+
+@contextlib.contextmanager
+def opened_study(fs: pafs.FileSystem, root: str, name: str) -> Iterator[Tuple[Any, str]]:
+    """(study, '') from a private copy of optuna.db, or (None, why not). A copy: the report never writes to
+    the sweep's own database (opening it may), sees one consistent snapshot of a running sweep (SQLite's
+    backup for a local file), and works for a URI folder too."""
+    path = f"{root}/{STUDY_FILE}"
+    if not results.exists(fs, path):
+        yield None, f"No {STUDY_FILE} in the sweep folder: importances need the sweep's Optuna study."
+        return
+    import optuna
+
+    with tempfile.TemporaryDirectory(prefix="ness_sweep_report_") as scratch:
+        local = os.path.join(scratch, STUDY_FILE)
+        storage = None
+        try:
+            if isinstance(fs, pafs.LocalFileSystem):
+                with contextlib.closing(sqlite3.connect(path)) as source, \
+                        contextlib.closing(sqlite3.connect(local)) as copy:
+                    source.backup(copy)
+            else:
+                with fs.open_input_stream(path) as source, open(local, "wb") as copy:
+                    shutil.copyfileobj(source, copy)
+            storage = optuna.storages.RDBStorage(f"sqlite:///{local}")
+            names = optuna.get_all_study_names(storage)
+            if name not in names:
+                raise KeyError(f"no study named {name!r} (it holds: {', '.join(names) or 'none'})")
+            found, why = optuna.load_study(study_name=name, storage=storage), ""
+        except Exception as error:  # sqlite3, SQLAlchemy and Optuna each raise their own types
+            found, why = None, f"{STUDY_FILE} is unreadable: {str(error).splitlines()[0] if str(error) else error!r}"
+        try:
+            yield found, why
+        finally:
+            if storage is not None:
+                storage.engine.dispose()
+
+
+def write_html(sweep_dir: str) -> str:
+    """Write ``DIR/report.html`` from the sweep folder (local path or URI) and return where it went."""
+    table = results.read_table(sweep_dir)
+    fs, root = results.filesystem_and_path(sweep_dir)
+    root = root.rstrip("/")
+    with opened_study(fs, root, results.sweep_metadata(table)["sweep"]) as (study, why):
+        page = render_html(table, build_sections(table, read_plan(fs, root), study, why))
+    results.write_atomically(fs, f"{root}/{SweepFolder.REPORT}", page.encode())
+    return f"{sweep_dir.rstrip('/')}/{SweepFolder.REPORT}" if "://" in sweep_dir else f"{root}/{SweepFolder.REPORT}"

@@ -1,0 +1,313 @@
+"""The HTML report (ness_sweep.plots): every plot is there and shows the table's numbers, the page is one
+self-contained file, and sweeps without finished trials, without a study or with two objectives still report.
+
+Each test builds a sweep folder by hand, as a sweep leaves it: results.parquet written through
+ness_sweep.results, plan.yaml, and optuna.db holding the finished rows as complete trials.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import re
+
+import numpy as np
+import optuna
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pytest
+from omegaconf import OmegaConf
+
+from ness_sweep import metrics, plots, results
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+SEARCH = {"ness.threshold": {"loguniform": [1.0e-4, 1.0e-1]}, "train.lr": {"loguniform": [1.0e-3, 0.3]},
+          "ness.rank": {"uniform": [0.05, 1.0]}, "ness.norm": {"choice": ["frobenius", "nuclear"]}}
+COLUMNS = [("benchmark", pa.string()), ("method", pa.string()), ("train.epochs", pa.int64()),
+           ("train.lr", pa.float64()), ("ness.threshold", pa.float64()), ("ness.rank", pa.float64()),
+           ("ness.norm", pa.string())]
+TASKS = 3
+# trial id -> status and tasks finished (a STOPPED trial's history is shorter than TASKS)
+TRIALS = [("t00", "TERMINATED", 3), ("t01", "STOPPED", 1), ("t02", "TERMINATED", 3), ("t03", "TERMINATED", 3),
+          ("t04", "STOPPED", 2), ("t05", "ERROR", 0), ("t06", "TERMINATED", 3), ("t07", "TERMINATED", 3),
+          ("t08", "DIVERGED", 1), ("t09", "RUNNING", 2), ("t10", "TERMINATED", 3)]
+BEST_RANKS = [{"fc1": 64, "fc2": 32}, {"fc1": 12, "fc2": 5, "fc3": 2}, {"fc1": 0, "fc3": 1}]  # fc3 appears late
+
+
+def optuna_distribution(spec):
+    (kind, values), = spec.items()
+    if kind == "choice":
+        return optuna.distributions.CategoricalDistribution(values)
+    if kind == "int":
+        return optuna.distributions.IntDistribution(*values)
+    return optuna.distributions.FloatDistribution(*values, log=kind == "loguniform")
+
+
+def make_rows(statuses=TRIALS, seed=0):
+    """Rows as the sweep writes them: finished ones with a lower-triangular R and ACC/BWT/forgetting from it."""
+    rng = random.Random(seed)
+    rows = []
+    for trial_id, status, done in statuses:
+        row = {name: None for name, _ in [*results.ID_COLUMNS, *COLUMNS, *results.METRIC_COLUMNS]}
+        row.update({"trial_id": trial_id, "status": status, "benchmark": "permuted_digits", "method": "ness",
+                    "train.epochs": 10, "seeds": [0], "task": done,
+                    "ness.threshold": 10 ** rng.uniform(-4, -1), "train.lr": 10 ** rng.uniform(-3, math.log10(0.3)),
+                    "ness.rank": rng.uniform(0.05, 1.0), "ness.norm": rng.choice(["frobenius", "nuclear"])})
+        # plasticity p: learns each task better (80 + 15p) but forgets 10p² points per later task, so ACC
+        # rises with p up to 0.75 while BWT falls: a real ACC/BWT trade-off with a front of several trials
+        p = rng.uniform(0, 1)
+        learned = [80 + 15 * p + rng.uniform(-0.5, 0.5) for _ in range(TASKS)]
+        matrix = [[learned[j] - 10 * p * p * (i - j) if j <= i else None for j in range(TASKS)]
+                  for i in range(done)]
+        if done:
+            row["acc_seen_per_task"] = [metrics.seen_accuracy(r[:i + 1]) for i, r in enumerate(matrix)]
+            row["acc_seen"] = row["acc_seen_per_task"][-1]
+        if status == "TERMINATED":
+            row.update(acc=metrics.average_accuracy(matrix), bwt=metrics.backward_transfer(matrix),
+                       forgetting=metrics.forgetting(matrix), acc_matrix=matrix, ranks=BEST_RANKS,
+                       trainable_params=[1000, 300, 40], seconds=12.5)
+        if status == "ERROR":
+            row["error"] = "RuntimeError: boom"
+        rows.append(row)
+    return rows
+
+
+def make_sweep(root, rows, metric_names=("acc",), searched=tuple(SEARCH), study_trials=None, plan=True):
+    """A sweep folder: results.parquet, plan.yaml, and optuna.db with one complete trial per finished row."""
+    name = "rank_threshold-20250101-000000"
+    sweep = root / name
+    sweep.mkdir(parents=True)
+    modes = ["max"] * len(metric_names)
+    schema = results.make_schema(COLUMNS, {"sweep": name, "space": "search_spaces/rank_threshold.yaml",
+                                           "metrics": list(metric_names), "modes": modes,
+                                           "searched": list(searched),
+                                           "config_columns": [c for c, _ in COLUMNS]})
+    results.write_table(rows, schema, pafs.LocalFileSystem(), str(sweep / results.SweepFolder.TABLE))
+    if plan:
+        record = {"name": name, "command_line": ["space=rank_threshold"],
+                  "space": {"name": "rank_threshold", "source": "search_spaces/rank_threshold.yaml",
+                            "search": {k: SEARCH[k] for k in searched}, "fixed": {"method": "ness"}, "sweep": {}},
+                  "metrics": list(metric_names), "modes": modes}
+        (sweep / "plan.yaml").write_text("# The plan this sweep started with\n" + OmegaConf.to_yaml(record))
+    if study_trials is not False:
+        study = optuna.create_study(storage=f"sqlite:///{sweep / 'optuna.db'}", study_name=name,
+                                    directions=["maximize"] * len(metric_names))
+        finished = [r for r in rows if r["status"] == "TERMINATED"]
+        for row in finished[:study_trials]:
+            params = {k: row[k] for k in searched}
+            distributions = {k: optuna_distribution(SEARCH[k]) for k in searched}
+            values = [row[m] for m in metric_names]
+            study.add_trial(optuna.trial.create_trial(params=params, distributions=distributions, values=values))
+        for row in rows:
+            if row["status"] == "STOPPED":  # what ASHA's stops look like to Optuna
+                study.add_trial(optuna.trial.create_trial(
+                    params={k: row[k] for k in searched}, state=optuna.trial.TrialState.PRUNED,
+                    distributions={k: optuna_distribution(SEARCH[k]) for k in searched}))
+    return sweep
+
+
+def load(sweep):
+    table = results.read_table(str(sweep))
+    plan = OmegaConf.to_container(OmegaConf.load(sweep / "plan.yaml")) if (sweep / "plan.yaml").exists() else None
+    study = None
+    if (sweep / "optuna.db").exists():
+        study = optuna.load_study(study_name=results.sweep_metadata(table)["sweep"],
+                                  storage=f"sqlite:///{sweep / 'optuna.db'}")
+    return table, plan, study
+
+
+@pytest.fixture
+def sweep(tmp_path):
+    return make_sweep(tmp_path, make_rows())
+
+
+def finished(table):
+    return [r for r in table.to_pylist() if r["status"] == "TERMINATED"]
+
+
+def test_every_plot_is_built(sweep):
+    figures = plots.build_figures(*load(sweep))
+    assert set(figures) == {"acc_bwt", "history", "importances", "acc_seen", "acc_matrix", "ranks",
+                            *(f"acc_vs_{k}" for k in SEARCH)}
+
+
+def test_acc_bwt_shows_every_finished_trial_and_marks_the_pareto_front(sweep):
+    table, plan, study = load(sweep)
+    figure = plots.build_figures(table, plan, study)["acc_bwt"]
+    done = finished(table)
+    points, front = figure.data
+    assert list(points.x) == [r["bwt"] for r in done] and list(points.y) == [r["acc"] for r in done]
+    expected = results.pareto_front(table.to_pylist(), ["acc", "bwt"], ["max", "max"])
+    assert list(zip(front.x, front.y)) == [(r["bwt"], r["acc"]) for r in expected]
+    # brute force: a marked point is one no finished trial beats on both ACC and BWT
+    beaten = {r["trial_id"] for r in done for o in done
+              if o["acc"] >= r["acc"] and o["bwt"] >= r["bwt"] and (o["acc"], o["bwt"]) != (r["acc"], r["bwt"])}
+    undominated = {(r["bwt"], r["acc"]) for r in done if r["trial_id"] not in beaten}
+    assert set(zip(front.x, front.y)) == undominated and 1 < len(undominated) < len(done)
+
+
+def test_acc_against_each_searched_key_with_log_axes_exactly_for_loguniform_keys(sweep):
+    table, plan, study = load(sweep)
+    figures = plots.build_figures(table, plan, study)
+    done = finished(table)
+    for key, spec in SEARCH.items():
+        figure = figures[f"acc_vs_{key}"]
+        (trace,) = figure.data
+        kind = next(iter(spec))
+        expected_x = [r[key] for r in done]
+        assert list(trace.x) == expected_x and list(trace.y) == [r["acc"] for r in done]
+        assert (figure.layout.xaxis.type == "log") == (kind == "loguniform"), key
+        if kind == "choice":
+            assert figure.layout.xaxis.type == "category"
+            assert list(figure.layout.xaxis.categoryarray) == spec["choice"]
+        assert figure.layout.xaxis.title.text == key
+
+
+def test_history_is_creation_order_and_best_so_far_is_the_running_max(sweep):
+    table, plan, study = load(sweep)
+    points, best = plots.build_figures(table, plan, study)["history"].data
+    order = [i + 1 for i, r in enumerate(table.to_pylist()) if r["status"] == "TERMINATED"]
+    acc = [r["acc"] for r in finished(table)]
+    assert list(points.x) == order == [1, 3, 4, 7, 8, 11] and list(points.y) == acc
+    assert list(best.x) == order and list(best.y) == list(np.maximum.accumulate(acc))
+    assert best.y[-1] == max(acc)
+
+
+def test_importances_come_from_the_study_for_every_searched_key(sweep):
+    table, plan, study = load(sweep)
+    (bars,) = plots.build_figures(table, plan, study)["importances"].data
+    assert sorted(bars.x) == sorted(SEARCH)
+    expected = optuna.importance.get_param_importances(
+        study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0))
+    assert dict(zip(bars.x, bars.y)) == pytest.approx(expected)
+    assert sum(bars.y) == pytest.approx(1.0)
+
+
+def test_acc_seen_has_a_line_per_trial_ending_where_it_stopped(sweep):
+    table, plan, study = load(sweep)
+    figure = plots.build_figures(table, plan, study)["acc_seen"]
+    lines = {t.name: t for t in figure.data if t.mode == "lines"}
+    with_history = [r for r in table.to_pylist() if r["acc_seen_per_task"]]
+    assert set(lines) == {f"trial {r['trial_id']}" for r in with_history}
+    for row in with_history:
+        line = lines[f"trial {row['trial_id']}"]
+        assert list(line.y) == row["acc_seen_per_task"]
+        assert list(line.x) == list(range(1, row["task"] + 1))
+    ends = {t.legendgroup: t for t in figure.data if t.mode == "markers"}
+    stopped = [r for r in with_history if r["status"] == "STOPPED"]
+    assert list(ends["STOPPED"].x) == [1, 2] == [r["task"] for r in stopped]
+    assert list(ends["STOPPED"].y) == [r["acc_seen_per_task"][-1] for r in stopped]
+    assert ends["STOPPED"].marker.symbol == "x" and "stopped early" in ends["STOPPED"].name
+    assert set(ends) == {"TERMINATED", "STOPPED", "DIVERGED", "RUNNING"}  # the ERROR trial reported nothing
+
+
+def test_heatmaps_show_the_best_trials_matrix_and_ranks(sweep):
+    table, plan, study = load(sweep)
+    figures = plots.build_figures(table, plan, study)
+    best = max(finished(table), key=lambda r: r["acc"])
+    assert best["trial_id"] == results.best_rows(table)[0]["trial_id"]
+    (heatmap,) = figures["acc_matrix"].data
+    assert [list(row) for row in heatmap.z] == best["acc_matrix"]
+    assert heatmap.text[2][0] == f"{best['acc_matrix'][2][0]:.1f}" and heatmap.text[0][2] == ""
+    assert best["trial_id"] in figures["acc_matrix"].layout.title.text
+    (ranks,) = figures["ranks"].data
+    assert list(ranks.x) == [1, 2, 3] and list(ranks.y) == ["fc1", "fc2", "fc3"]
+    assert [list(row) for row in ranks.z] == [[64, 12, 0], [32, 5, None], [None, 2, 1]]
+
+
+def test_the_page_is_one_self_contained_file_with_every_figure(sweep):
+    path = plots.write_html(str(sweep))
+    assert path == str(sweep / "report.html")
+    page = (sweep / "report.html").read_text()
+    figures = plots.build_figures(*load(sweep))
+    assert page.count("* plotly.js v") == 1  # the library's banner: inlined once
+    assert len(page) > 1_000_000  # ... in full, not a loader
+    assert page.count("Plotly.newPlot(") == len(figures)
+    assert not re.search(r"<script[^>]*\bsrc\s*=", page, re.I)
+    assert not re.search(r"<link\b", page, re.I)
+    assert not re.search(r"<(?:img|iframe)[^>]*\bsrc\s*=\s*[\"']?https?:", page, re.I)
+    for figure in figures.values():
+        assert figure.layout.title.text in page
+    assert "<h1>Sweep rank_threshold-20250101-000000</h1>" in page
+    assert "11 trials: 6 TERMINATED (finished), 2 STOPPED (stopped early by the scheduler), 1 DIVERGED" in page
+
+
+def test_a_sweep_with_no_finished_trial_still_gets_a_page(tmp_path):
+    rows = make_rows([("a", "STOPPED", 1), ("b", "RUNNING", 2), ("c", "PENDING", 0)])
+    sweep = make_sweep(tmp_path, rows, study_trials=False, plan=False)
+    table, plan, study = load(sweep)
+    assert set(plots.build_figures(table, plan, study)) == {"acc_seen"}
+    sections = {s.name: s for s in plots.build_sections(table, plan, study)}
+    assert sections["acc_matrix"].figure is None and "No finished trial" in sections["acc_matrix"].note
+    plots.write_html(str(sweep))
+    page = (sweep / "report.html").read_text()
+    assert "No trial has finished yet" in page
+    assert "No optuna.db in the sweep folder" in page
+    assert page.count("* plotly.js v") == 1 and page.count("Plotly.newPlot(") == 1
+
+
+def test_a_study_of_one_complete_trial_is_too_small_for_importances(tmp_path):
+    sweep = make_sweep(tmp_path, make_rows(), study_trials=1)
+    table, plan, study = load(sweep)
+    sections = {s.name: s for s in plots.build_sections(table, plan, study)}
+    assert sections["importances"].figure is None
+    assert "1 complete trial(s); importances need at least 2" in sections["importances"].note
+    assert "importances need at least 2" in open(plots.write_html(str(sweep))).read()
+
+
+def test_an_unreadable_study_is_named_on_the_page(tmp_path):
+    sweep = make_sweep(tmp_path, make_rows(), study_trials=False)
+    (sweep / "optuna.db").write_bytes(b"not a database at all" * 10)
+    page = open(plots.write_html(str(sweep))).read()
+    assert "optuna.db is unreadable" in page
+
+
+def test_two_objectives_use_the_first_for_importances_and_the_front_for_the_best(tmp_path):
+    sweep = make_sweep(tmp_path, make_rows(seed=3), metric_names=("acc", "bwt"))
+    table, plan, study = load(sweep)
+    figures = plots.build_figures(table, plan, study)
+    (bars,) = figures["importances"].data
+    expected = optuna.importance.get_param_importances(
+        study, target=lambda t: t.values[0], evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0))
+    assert dict(zip(bars.x, bars.y)) == pytest.approx(expected)
+    front = results.pareto_front(table.to_pylist(), ["acc", "bwt"], ["max", "max"])
+    assert [list(r) for r in figures["acc_matrix"].data[0].z] == front[0]["acc_matrix"]
+    assert "acc (max), bwt (max)" in open(plots.write_html(str(sweep))).read()
+
+
+def test_a_sweep_searching_only_a_choice_has_no_numeric_axis(tmp_path):
+    sweep = make_sweep(tmp_path, make_rows(), searched=("ness.norm",))
+    table, plan, study = load(sweep)
+    figures = plots.build_figures(table, plan, study)
+    assert [n for n in figures if n.startswith("acc_vs_")] == ["acc_vs_ness.norm"]
+    assert figures["acc_vs_ness.norm"].layout.xaxis.type == "category"
+    assert list(figures["importances"].data[0].x) == ["ness.norm"]
+    plots.write_html(str(sweep))
+
+
+def test_without_plan_numeric_keys_get_linear_axes(tmp_path):
+    sweep = make_sweep(tmp_path, make_rows(), plan=False)
+    table, plan, study = load(sweep)
+    figures = plots.build_figures(table, plan, study)
+    assert figures["acc_vs_ness.threshold"].layout.xaxis.type == "linear"
+    assert figures["acc_vs_ness.norm"].layout.xaxis.type == "category"  # strings: categories anyway
+    assert list(figures["acc_vs_ness.norm"].data[0].x) == [r["ness.norm"] for r in finished(table)]
+
+
+def test_a_uri_sweep_folder_is_read_and_written_through_its_filesystem(tmp_path, monkeypatch):
+    sweep = make_sweep(tmp_path, make_rows())
+    remote = pafs.SubTreeFileSystem(str(tmp_path), pafs.LocalFileSystem())  # not a LocalFileSystem: copied bytes
+    real = results.filesystem_and_path
+
+    def fake(location):
+        if location.startswith("fake://"):
+            return remote, location[len("fake://"):]
+        return real(location)
+
+    monkeypatch.setattr(results, "filesystem_and_path", fake)
+    path = plots.write_html(f"fake://{sweep.name}/")
+    assert path == f"fake://{sweep.name}/report.html"
+    page = (sweep / "report.html").read_text()
+    assert page.count("Plotly.newPlot(") == len(plots.build_figures(*load(sweep)))  # importances included
+    assert "unreadable" not in page and "No optuna.db" not in page

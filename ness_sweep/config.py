@@ -24,7 +24,6 @@ PRESET_DIR = Path(__file__).parent / "presets"
 BENCHMARKS = ("permuted_digits", "split_digits", "split_cifar100", "five_datasets", "split_miniimagenet",
               "permuted_mnist1d", "split_mnist1d")
 MODELS = ("auto", "mlp", "alexnet", "resnet18", "cnn1d")
-METHODS = ("ness", "finetune")
 NORMS = ("frobenius", "nuclear")
 MEMORIES = ("replay", "stream")
 OPTIMIZERS = ("sgd", "adam")
@@ -210,7 +209,6 @@ def validate_run(cfg: DictConfig) -> None:
     _require_finite(cfg)
     _require(cfg.benchmark in BENCHMARKS, "benchmark", cfg.benchmark, f"must be one of {', '.join(BENCHMARKS)}")
     _require(cfg.model in MODELS, "model", cfg.model, f"must be one of {', '.join(MODELS)}")
-    _require(cfg.method in METHODS, "method", cfg.method, f"must be one of {', '.join(METHODS)}")
     _require(cfg.task_order in TASK_ORDERS, "task_order", cfg.task_order, f"must be one of {', '.join(TASK_ORDERS)}")
     _require(re.fullmatch(r"auto|cpu|cuda(:\d+)?", cfg.device) is not None, "device", cfg.device,
              "must be auto, cpu, cuda or cuda:N")

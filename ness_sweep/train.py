@@ -23,7 +23,7 @@ import torch
 from .config import UserError, RunConfig, help_text, load_run_config, resolved
 from .data import TaskStream, stream_for
 from .models import build_model
-from .trainer import Trainer
+from .trainer import check_method, make_trainer
 
 USAGE = """usage: python -m ness_sweep.train [key=value ...]
 
@@ -38,7 +38,7 @@ def run_seed(cfg, seed: int, stream=None, log=print) -> dict:
     cfg.seed = seed
     if stream is None:
         stream = stream_for(cfg, seed)
-    result = Trainer(cfg, stream, log=log).run().to_dict()
+    result = make_trainer(cfg, stream, log=log).run().to_dict()
     result["seed"] = seed
     return result
 
@@ -114,6 +114,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 0
     try:
         cfg = load_run_config(argv)
+        check_method(cfg.method)
         if cfg.output:
             check_output(cfg.output)
         apply_threads(cfg.threads)

@@ -36,7 +36,7 @@ from torch import nn
 from ness_sweep import ness
 from ness_sweep.config import load_run_config
 from ness_sweep.data import stream_for
-from ness_sweep.trainer import Trainer
+from ness_sweep.trainer import Trainer, make_trainer
 
 CPU = torch.device("cpu")
 
@@ -157,14 +157,14 @@ def tensors_in(obj) -> List[torch.Tensor]:
 def check_checkpoint(device: torch.device, sizes: Sizes) -> List[Row]:
     cfg = load_run_config(["train.epochs=1", "ness.memory=stream"])
     stream = stream_for(cfg, cfg.seed)
-    trainer = Trainer(cfg, stream, device=device, log=None)
+    trainer = make_trainer(cfg, stream, device=device, log=None)
     trainer.run(until=2)
     buffer = io.BytesIO()
     torch.save(trainer.state_dict(), buffer)
     buffer.seek(0)
     state = torch.load(buffer, weights_only=False)  # as the sweep loads it: no map_location
     off_cpu = [t for t in tensors_in(state) if t.device.type != "cpu"]
-    copy = Trainer(cfg, stream, device=CPU, log=None)
+    copy = make_trainer(cfg, stream, device=CPU, log=None)
     copy.load_state_dict(state)
     x = stream.tasks[0].x_test
     trainer.model.eval()
@@ -351,7 +351,7 @@ def statistics_step(trainer: Trainer, last: int) -> Tuple[dict, Dict[str, torch.
 def check_statistics(device: torch.device, sizes: Sizes) -> List[Row]:
     stream = sizes.stream(sizes.tasks)
     trainer = perf.trainer_after_first_task(stream, ["method=ness", f"model={sizes.models[0]}", *CIFAR], device)
-    copy = Trainer(trainer.cfg, stream, device=CPU, log=None)
+    copy = make_trainer(trainer.cfg, stream, device=CPU, log=None)
     copy.load_state_dict(trainer.state_dict())
     last = sizes.tasks - 1
     label = f"statistics: {sizes.models[0]}, {last * sizes.images:,} images of {sizes.side}x{sizes.side}"

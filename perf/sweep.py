@@ -34,7 +34,7 @@ import torch  # noqa: E402
 
 from ness_sweep import dashboards, sweep  # noqa: E402
 from ness_sweep.data import stream_for  # noqa: E402
-from ness_sweep.trainer import Trainer  # noqa: E402
+from ness_sweep.trainer import make_trainer  # noqa: E402
 
 
 def timed_sweep(args, output_dir, name):
@@ -72,7 +72,7 @@ def loop(plan_args, params_list):
     started = time.perf_counter()
     settings = plan.run_settings()
     stream = stream_for(plan.cfg, plan.seeds[0])
-    accs = [Trainer(sweep.trial_run_config(settings, params), stream, log=None).run().to_dict()["acc"]
+    accs = [make_trainer(sweep.trial_run_config(settings, params), stream, log=None).run().to_dict()["acc"]
             for params in params_list]
     return time.perf_counter() - started, accs
 

@@ -35,7 +35,7 @@ from ness_sweep.config import RunConfig, load_run_config
 from ness_sweep.data import Task, TaskStream, permuted_digits
 from ness_sweep.mnist1d import permuted_mnist1d
 from ness_sweep.models import pick_device
-from ness_sweep.trainer import Trainer
+from ness_sweep.trainer import Trainer, make_trainer
 
 
 def sync(device: torch.device) -> None:
@@ -69,7 +69,7 @@ def random_image_stream(tasks: int, per_task: int, shape=(3, 32, 32), classes: i
 
 def trainer_after_first_task(stream: TaskStream, overrides: List[str], device: torch.device) -> Trainer:
     cfg = load_run_config(["train.epochs=1", *overrides])
-    trainer = Trainer(cfg, stream, device=device, log=None)
+    trainer = make_trainer(cfg, stream, device=device, log=None)
     trainer.run(until=1)
     return trainer
 
@@ -229,7 +229,7 @@ def peak_child(case: str, memory: str, device: torch.device) -> None:
     """In a fresh interpreter: the full run, one epoch per task; prints its peaks as JSON."""
     _, make_stream, overrides = MEMORY_CASES[case]
     cfg = load_run_config(["train.epochs=1", "method=ness", f"ness.memory={memory}", *overrides])
-    Trainer(cfg, make_stream(), device, log=None).run()
+    make_trainer(cfg, make_stream(), device, log=None).run()
     cuda_bytes = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
     print(json.dumps({"rss_bytes": peak_rss_bytes(), "cuda_bytes": cuda_bytes}))
 

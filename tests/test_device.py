@@ -18,7 +18,7 @@ from torch.overrides import TorchFunctionMode
 from ness_sweep import ness, trainer as trainer_module
 from ness_sweep.config import load_run_config
 from ness_sweep.data import Task, TaskStream, stream_for
-from ness_sweep.trainer import Trainer
+from ness_sweep.trainer import Trainer, make_trainer
 
 # Calls that make the host wait for the device: the value must be on the host before they return.
 HOST_READS = {"item", "__bool__", "__int__", "__float__", "__index__", "__format__", "tolist", "numpy", "cpu"}
@@ -53,7 +53,7 @@ class HostSyncs(TorchFunctionMode):
 
 def digits_trainer(*overrides) -> Trainer:
     cfg = load_run_config(["device=cpu", *overrides])
-    return Trainer(cfg, stream_for(cfg, cfg.seed), log=None)
+    return make_trainer(cfg, stream_for(cfg, cfg.seed), log=None)
 
 
 def batch_size_for(trainer: Trainer, batches: int) -> int:
@@ -137,7 +137,7 @@ def synthetic_stream(shape) -> TaskStream:
 def meta_trainer(model: str, memory: str) -> Trainer:
     cfg = load_run_config(["device=cpu", f"model={model}", f"ness.memory={memory}", "train.batch_size=4"])
     stream = synthetic_stream(INPUT_SHAPES[model]) if model in INPUT_SHAPES else stream_for(cfg, cfg.seed)
-    return Trainer(cfg, stream, device=torch.device("meta"), log=None)
+    return make_trainer(cfg, stream, device=torch.device("meta"), log=None)
 
 
 def on_meta(tensors) -> bool:

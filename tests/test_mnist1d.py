@@ -14,7 +14,7 @@ from ness_sweep import mnist1d as benchmark
 from ness_sweep.config import UserError, load_run_config
 from ness_sweep.data import load_stream, stream_for
 from ness_sweep.models import build_model
-from ness_sweep.trainer import Trainer
+from ness_sweep.trainer import make_trainer
 
 VALID_FRACTION = 0.1
 SMALL_ARGS = {**benchmark.MNIST1D_ARGS, "num_samples": 100}  # 80 training and 20 test signals: quick to make
@@ -206,6 +206,6 @@ def test_ness_keeps_earlier_split_mnist1d_tasks_where_finetuning_forgets(data_ro
     for method in ("ness", "finetune"):
         cfg = load_run_config(["benchmark=split_mnist1d", f"data_root={data_root}", f"method={method}",
                                "train.epochs=2"])
-        bwt[method] = Trainer(cfg, stream_for(cfg, 0), log=None).run().to_dict()["bwt"]
+        bwt[method] = make_trainer(cfg, stream_for(cfg, 0), log=None).run().to_dict()["bwt"]
     assert bwt["ness"] >= -1.0
     assert bwt["finetune"] <= bwt["ness"] - 5.0

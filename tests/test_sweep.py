@@ -20,7 +20,7 @@ import pytest
 from ness_sweep import report, run, sweep
 from ness_sweep.config import load_run_config
 from ness_sweep.data import stream_for
-from ness_sweep.trainer import Trainer
+from ness_sweep.trainer import make_trainer
 
 NUM_TASKS = 5  # permuted_digits
 
@@ -89,7 +89,7 @@ def recompute(row: dict, seed: int) -> dict:
                 ("benchmark", "method", "train.epochs", "train.lr", "ness.threshold", "ness.rank", "device")]
     cfg = load_run_config([*settings, f"seed={seed}"])
     stream = stream_for(cfg, seed)
-    return Trainer(cfg, stream, log=None).run().to_dict()
+    return make_trainer(cfg, stream, log=None).run().to_dict()
 
 
 @pytest.fixture(scope="module")

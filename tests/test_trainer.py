@@ -1,20 +1,26 @@
 """The continual loop end to end on the embedded digits streams (CPU, seconds each)."""
 
 import copy
+import random
 
+import numpy as np
 import pytest
 import torch
 
 from ness_sweep import ness
 from ness_sweep.config import load_run_config
 from ness_sweep.data import stream_for
-from ness_sweep.trainer import Trainer
+from ness_sweep.metrics import seen_accuracy
+from ness_sweep.trainer import make_trainer
 
 
-def run(*overrides, stop_after=None):
+def trainer_for(*overrides):
     cfg = load_run_config(["device=cpu", *overrides])
-    stream = stream_for(cfg, cfg.seed)
-    return Trainer(cfg, stream, log=None).run().to_dict()
+    return make_trainer(cfg, stream_for(cfg, cfg.seed), log=None)
+
+
+def run(*overrides):
+    return trainer_for(*overrides).run().to_dict()
 
 
 @pytest.fixture(scope="module")
@@ -61,31 +67,23 @@ def test_same_seed_same_matrix_and_other_seed_differs():
 
 @pytest.mark.parametrize("memory", ["replay", "stream"])
 def test_restore_after_task_two_finishes_like_an_uninterrupted_run(memory):
-    cfg = load_run_config(["device=cpu", "train.epochs=3", f"ness.memory={memory}", "seed=1"])
-    stream = stream_for(cfg, cfg.seed)
-    uninterrupted = Trainer(cfg, stream, log=None).run().acc_matrix
-
-    saved = {}
-
-    class Interrupt(Exception):
-        pass
-
-    def save_and_stop(result):
-        if result.task == 2:
-            saved["state"] = copy.deepcopy(first.state_dict())
-            raise Interrupt
-
-    first = Trainer(cfg, stream, log=None)
-    with pytest.raises(Interrupt):
-        first.run(on_task_end=save_and_stop)
+    settings = ["train.epochs=3", f"ness.memory={memory}", "seed=1"]
+    uninterrupted = trainer_for(*settings).run().acc_matrix
+    first = trainer_for(*settings)
+    first.run(until=2)
+    saved = copy.deepcopy(first.state_dict())
     # Disturb every random generator: the restored state must bring them back.
+    random.seed(999)
+    np.random.seed(999)
     torch.manual_seed(999)
-    resumed = Trainer(cfg, stream, log=None)
-    resumed.load_state_dict(saved["state"])
-    reports = []
-    result = resumed.run(on_task_end=lambda r: reports.append(r.task))
-    assert reports == [3, 4, 5]
-    assert result.acc_matrix == uninterrupted
+    resumed = trainer_for(*settings)
+    resumed.load_state_dict(saved)
+    finished = []
+    for task in (3, 4, 5):
+        resumed.run(until=task)
+        finished.append(resumed.next_task)
+    assert finished == [3, 4, 5]
+    assert resumed.result().acc_matrix == uninterrupted
 
 
 def test_huge_learning_rate_raises_floating_point_error():
@@ -93,21 +91,21 @@ def test_huge_learning_rate_raises_floating_point_error():
         run("train.lr=1e12", "train.epochs=2", "train.momentum=0.99")
 
 
-def test_task_results_reported_after_every_task():
-    cfg = load_run_config(["device=cpu", "train.epochs=1", "benchmark=split_digits"])
-    stream = stream_for(cfg, cfg.seed)
-    reports = []
-    Trainer(cfg, stream, log=None).run(on_task_end=reports.append)
-    assert [r.task for r in reports] == [1, 2, 3, 4, 5]
-    assert [len(r.row) for r in reports] == [1, 2, 3, 4, 5]
-    assert all(r.final is None for r in reports[:-1]) and set(reports[-1].final) == {"acc", "bwt", "forgetting"}
-    assert reports[-1].acc_seen == pytest.approx(reports[-1].final["acc"])
-    assert all(r.trainable_params > 0 for r in reports)
+def test_results_are_there_after_every_task():
+    """run(until=k) stops at each task boundary (where the sweep reports) with that task's row, ranks and count."""
+    trainer = trainer_for("train.epochs=1", "benchmark=split_digits")
+    for task in range(1, 6):
+        trainer.run(until=task)
+        assert trainer.next_task == task
+        assert [len(row) for row in trainer.rows] == list(range(1, task + 1))
+        assert len(trainer.ranks) == len(trainer.trainable_params) == task
+    assert all(count > 0 for count in trainer.trainable_params)
+    final = trainer.result().to_dict()
+    assert set(final) >= {"acc", "bwt", "forgetting"}
+    assert seen_accuracy(trainer.rows[-1]) == pytest.approx(final["acc"])
 
 
 def test_no_adapters_left_after_a_run():
-    cfg = load_run_config(["device=cpu", "train.epochs=1"])
-    stream = stream_for(cfg, cfg.seed)
-    trainer = Trainer(cfg, stream, log=None)
+    trainer = trainer_for("train.epochs=1")
     trainer.run()
     assert not any(isinstance(m, ness.NullSpaceAdapter) for m in trainer.model.modules())

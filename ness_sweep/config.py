@@ -1,8 +1,8 @@
 """Typed settings: one schema, command-line ``key=value`` overrides, validation before any work.
 
 Every default lives here (DESIGN.md, "one fact in one place"). ``load_run_config`` and
-``load_sweep_config`` are the only ways in; both reject unknown keys and bad values with a
-``UserError`` whose message is one line naming the key and what would be valid.
+``load_sweep_config`` are the only ways in, both through ``layered``; both reject unknown keys and bad
+values with a ``UserError`` whose message is one line naming the key and what would be valid.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import dataclasses
 import math
 import os
 import re
+import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,9 +22,6 @@ from omegaconf.errors import OmegaConfBaseException
 
 PRESET_DIR = Path(__file__).parent / "presets"
 
-BENCHMARKS = ("permuted_digits", "split_digits", "split_cifar100", "five_datasets", "split_miniimagenet",
-              "permuted_mnist1d", "split_mnist1d")
-MODELS = ("auto", "mlp", "alexnet", "resnet18", "cnn1d")
 NORMS = ("frobenius", "nuclear")
 MEMORIES = ("replay", "stream")
 OPTIMIZERS = ("sgd", "adam")
@@ -39,95 +37,110 @@ class UserError(ValueError):
     would be valid."""
 
 
+def setting(default: Any = None, help: str = "", factory: Any = None) -> Any:
+    """A schema field with its meaning, which ``--help`` prints beside the default."""
+    if factory is not None:
+        return field(default_factory=factory, metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass
 class TrainSettings:
-    epochs: int = 20
-    lr: float = 0.05
-    batch_size: int = 64
-    optimizer: str = "sgd"
-    momentum: float = 0.9
-    weight_decay: float = 0.0
-    lr_patience: int = 5
-    lr_factor: float = 3.0
-    lr_min: float = 1e-4
-    valid_fraction: float = 0.1
+    epochs: int = setting(20, "epochs per task at most (the paper's protocol may stop earlier, see lr_min)")
+    lr: float = setting(0.05, "learning rate")
+    batch_size: int = setting(64, "training batch size")
+    optimizer: str = setting("sgd", f"one of {', '.join(OPTIMIZERS)}")
+    momentum: float = setting(0.9, "SGD momentum, in [0, 1)")
+    weight_decay: float = setting(0.0, "L2 weight decay")
+    lr_patience: int = setting(5, "epochs without a better validation loss before lr is divided by lr_factor")
+    lr_factor: float = setting(3.0, "what lr is divided by when validation stalls")
+    lr_min: float = setting(1e-4, "a task ends when lr falls below this")
+    valid_fraction: float = setting(0.1, "share of each task's training data held out for validation")
 
 
 @dataclass
 class NessSettings:
-    threshold: Optional[float] = 1e-2
-    norm: str = "frobenius"
-    # int: a count of directions; float: a fraction of the layer's input width; null: no rank rule.
-    rank: Any = None
-    memory: str = "replay"
+    threshold: Optional[float] = setting(1e-2, "keep directions with singular value <= threshold * norm of the "
+                                               "layer's inputs; null: rank alone decides")
+    norm: str = setting("frobenius", "the norm threshold scales: frobenius (the paper) or nuclear (the "
+                                     "authors' code)")
+    rank: Any = setting(None, "the r smallest directions: an integer count, a fraction of the layer's input "
+                              "width, or null; with threshold too, the smaller set")
+    memory: str = setting("replay", "replay: rebuild statistics from all previous tasks' inputs (the paper); "
+                                    "stream: add each task's Gram matrix once, keep no inputs")
 
 
 @dataclass
 class RunConfig:
     """Everything one training run needs (``python -m ness_sweep.train``)."""
 
-    benchmark: str = "permuted_digits"
-    data_root: str = "~/.cache/ness_sweep"
-    download: bool = True  # fetch missing CIFAR / MNIST / Fashion-MNIST / SVHN files through torchvision
-    model: str = "auto"
-    method: str = "ness"
-    seed: int = 0
-    seeds: Optional[List[int]] = None
-    device: str = "auto"
-    # torch's CPU threads. Part of what a run's numbers depend on: the count decides how float sums are split,
-    # so it changes their last digits (and training amplifies them); torch's default (every core) also makes CPU
-    # runs slow on a busy machine. ``ness_sweep.train`` applies it, so a preset holding it reruns exactly.
-    threads: int = 1
-    preset: Optional[str] = None
-    task_order: str = "fixed"
-    output: Optional[str] = None
-    train: TrainSettings = field(default_factory=TrainSettings)
-    ness: NessSettings = field(default_factory=NessSettings)
+    benchmark: str = setting("permuted_digits", "a registered task stream (listed above) or an import path "
+                                                "module:function")
+    data_root: str = setting("~/.cache/ness_sweep", "where data files are read from (and downloaded to)")
+    download: bool = setting(True, "fetch missing CIFAR / MNIST / Fashion-MNIST / SVHN files through torchvision")
+    model: str = setting("auto", "auto (the benchmark's default), a registered model (listed above), or an "
+                                 "import path module:function")
+    method: str = setting("ness", "ness (null-space adapters) or finetune (the forgetting baseline)")
+    seed: int = setting(0, "seeds splits, permutations, task order and initialisation")
+    seeds: Optional[List[int]] = setting(None, "several seeds run in turn, reported as mean ± std")
+    device: str = setting("auto", "auto (CUDA when present), cpu, cuda or cuda:N")
+    # Part of what a run's numbers depend on: the count decides how float sums are split, so it changes their
+    # last digits (and training amplifies them); torch's default (every core) also makes CPU runs slow on a busy
+    # machine. ``ness_sweep.train`` applies it, so a preset holding it reruns exactly.
+    threads: int = setting(1, "torch CPU threads; part of what a run's numbers depend on")
+    preset: Optional[str] = setting(None, "a shipped preset (paper_cifar100, ...) or a YAML file of settings")
+    task_order: str = setting("fixed", "fixed: the benchmark's order; seeded: shuffled by the seed")
+    output: Optional[str] = setting(None, "write the result as JSON to this file")
+    train: TrainSettings = setting(help="optimisation", factory=TrainSettings)
+    ness: NessSettings = setting(help="the null space", factory=NessSettings)
 
 
 @dataclass
 class SweepSettings:
-    name: Optional[str] = None
-    num_samples: Optional[int] = None
-    metric: Any = None
-    mode: Any = None
-    scheduler: Optional[str] = None
-    max_concurrent: Optional[int] = None
-    seed: int = 0
+    name: Optional[str] = setting(None, "the sweep's folder name under output_dir (default: space and time)")
+    num_samples: Optional[int] = setting(None, "trials to run (default: the space's, else 10)")
+    metric: Any = setting(None, "acc, bwt or forgetting, or a list of them for a Pareto front (default acc)")
+    mode: Any = setting(None, "max or min per metric (default: each metric's natural one)")
+    scheduler: Optional[str] = setting(None, "asha (stops weak trials after tasks) or fifo (default: asha for "
+                                             "one metric)")
+    max_concurrent: Optional[int] = setting(None, "trials at once at most (default: what the resources hold)")
+    seed: int = setting(0, "seeds Optuna: the same command proposes the same configurations")
+    progress_s: float = setting(30.0, "seconds between progress lines of running trials and the status line")
 
 
 @dataclass
 class TrialSettings:
-    cpu: float = 1.0
-    gpu: float = 0.0
-    seeds: Optional[List[int]] = None
-    max_failures: int = 2
+    cpu: float = setting(1.0, "CPUs Ray reserves per trial (fractions pack several trials per CPU)")
+    gpu: float = setting(0.0, "GPUs per trial (0.25: four trials per GPU)")
+    seeds: Optional[List[int]] = setting(None, "every trial runs each seed; rows hold mean ± std")
+    max_failures: int = setting(2, "restarts of a crashed trial, each from its last finished task")
 
 
 @dataclass
 class RaySettings:
-    address: Optional[str] = None
+    address: Optional[str] = setting(None, "null: a local Ray on 127.0.0.1; auto or HOST:PORT joins a cluster")
 
 
 @dataclass
 class WandbSettings:
-    mode: str = "offline"
-    project: str = "ness_sweep"
-    entity: Optional[str] = None
-    group: Optional[str] = None
+    mode: str = setting("offline", "offline (upload later with wandb sync), online, or disabled")
+    project: str = setting("ness_sweep", "W&B project")
+    entity: Optional[str] = setting(None, "W&B entity (team or user)")
+    group: Optional[str] = setting(None, "W&B group (default: the sweep's name)")
 
 
 @dataclass
 class SweepConfig(RunConfig):
     """A sweep: the run settings every trial starts from, plus how to search and where to run."""
 
-    space: Optional[str] = None
-    sweep: SweepSettings = field(default_factory=SweepSettings)
-    trial: TrialSettings = field(default_factory=TrialSettings)
-    ray: RaySettings = field(default_factory=RaySettings)
-    output_dir: str = "ness_sweep_results"
-    resume: bool = False
-    wandb: WandbSettings = field(default_factory=WandbSettings)
+    space: Optional[str] = setting(None, "the search space: a shipped name or a path to a YAML file")
+    sweep: SweepSettings = setting(help="the search", factory=SweepSettings)
+    trial: TrialSettings = setting(help="each trial's resources and seeds", factory=TrialSettings)
+    ray: RaySettings = setting(help="where trials run", factory=RaySettings)
+    output_dir: str = setting("ness_sweep_results", "where sweep folders go: a path or a URI (s3://...)")
+    resume: bool = setting(False, "with sweep.name: continue an interrupted sweep with its stored plan")
+    dry_run: bool = setting(False, "print the resolved plan and exit, creating nothing")
+    wandb: WandbSettings = setting(help="Weights & Biases", factory=WandbSettings)
 
 
 def parse_overrides(args: List[str]) -> DictConfig:
@@ -139,7 +152,7 @@ def parse_overrides(args: List[str]) -> DictConfig:
     try:
         return OmegaConf.from_dotlist(list(args))
     except OmegaConfBaseException as error:
-        raise UserError(f"could not parse arguments: {_one_line(error)}") from None
+        raise UserError(f"could not parse arguments: {first_line(error)}") from None
 
 
 def merge_onto(schema: Any, *layers: Any) -> DictConfig:
@@ -167,7 +180,7 @@ def load_preset(name: str) -> DictConfig:
     try:
         preset = OmegaConf.load(path)
     except Exception as error:  # YAML syntax errors come in many types
-        raise UserError(f"preset file {path}: not valid YAML: {_one_line(error)}") from None
+        raise UserError(f"preset file {path}: not valid YAML: {first_line(error)}") from None
     if not isinstance(preset, DictConfig) or not preset:
         raise UserError(f"preset file {path}: {'not a mapping' if preset else 'empty'}; a preset maps run "
                           "settings to values (benchmark: split_digits, train: {lr: 0.01}, ...)")
@@ -180,21 +193,17 @@ def load_preset(name: str) -> DictConfig:
     return preset
 
 
-def load_run_config(args: List[str], schema: type = RunConfig) -> DictConfig:
-    """Schema defaults, then the preset named on the command line, then the other overrides."""
-    overrides = parse_overrides(args)
-    layers = []
-    preset = overrides.get("preset")
-    if preset:
-        layers.append(load_preset(str(preset)))
-    layers.append(overrides)
-    cfg = merge_onto(schema, *layers)
+def load_run_config(args: List[str]) -> DictConfig:
+    """One training run's settings from the command line (``layered``), validated."""
+    cfg = layered(RunConfig, parse_overrides(args))
     validate_run(cfg)
     return cfg
 
 
-def load_sweep_config(args: List[str]) -> DictConfig:
-    cfg = load_run_config(args, schema=SweepConfig)
+def load_sweep_config(args: List[str], base: Optional[List[Any]] = None) -> DictConfig:
+    """A sweep's settings from the command line over ``base`` (its space's fixed values and sweep defaults)."""
+    cfg = layered(SweepConfig, parse_overrides(args), base)
+    validate_run(cfg)
     validate_sweep(cfg)
     return cfg
 
@@ -207,8 +216,6 @@ def _require(ok: bool, key: str, value: Any, valid: str) -> None:
 def validate_run(cfg: DictConfig) -> None:
     """Range and choice checks the types cannot express (of a run config, or the run part of a sweep's)."""
     _require_finite(cfg)
-    _require(cfg.benchmark in BENCHMARKS, "benchmark", cfg.benchmark, f"must be one of {', '.join(BENCHMARKS)}")
-    _require(cfg.model in MODELS, "model", cfg.model, f"must be one of {', '.join(MODELS)}")
     _require(cfg.task_order in TASK_ORDERS, "task_order", cfg.task_order, f"must be one of {', '.join(TASK_ORDERS)}")
     _require(re.fullmatch(r"auto|cpu|cuda(:\d+)?", cfg.device) is not None, "device", cfg.device,
              "must be auto, cpu, cuda or cuda:N")
@@ -313,30 +320,85 @@ def flatten(tree: dict, prefix: str = "") -> dict:
     return flat
 
 
+def unflatten(dotted: dict) -> dict:
+    """Dotted keys as a nested dict: {"train.lr": 1} → {"train": {"lr": 1}} (``flatten``'s inverse)."""
+    tree: dict = {}
+    for key, value in dotted.items():
+        node = tree
+        *parents, leaf = key.split(".")
+        for parent in parents:
+            node = node.setdefault(parent, {})
+            if not isinstance(node, dict):
+                raise UserError(f"{key}: {parent} is a value, not a group of keys")
+        node[leaf] = value
+    return tree
+
+
+def argument_value(value: Any) -> str:
+    """A value as ``key=value`` writes it so that the command line parses it back to the same value and type
+    (floats keep every digit)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return repr(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(argument_value(v) for v in value) + "]"
+    return str(value)
+
+
+def arguments(settings: dict) -> List[str]:
+    """Keyword settings (nested dicts or dotted keys) as the command line's ``key=value`` strings."""
+    return [f"{key}={argument_value(value)}" for key, value in flatten(settings).items()]
+
+
+def layered(schema: type, overrides: DictConfig, base: Optional[List[Any]] = None) -> DictConfig:
+    """The one way settings are layered: the schema's defaults < ``base`` (a sweep space's fixed values and
+    sweep defaults) < the preset named in ``overrides`` < ``overrides`` (the command line)."""
+    layers = list(base or [])
+    if overrides.get("preset"):
+        layers.append(load_preset(str(overrides.preset)))
+    return merge_onto(schema, *layers, overrides)
+
+
+def schema_types(schema: type) -> dict:
+    """Every leaf key of a schema (dotted) with its type hint."""
+    return {key: hint for key, (_, _, hint) in schema_fields(schema).items()}
+
+
+def first_line(error: BaseException) -> str:
+    """An exception's message in one line (its first), or its type's name when it has none."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
 def help_text(schema: type = RunConfig) -> str:
-    """Every key with its default, one per line."""
+    """Every key with its default and what it means, from the schema's field metadata."""
     lines = []
-
-    def walk(obj: Any, prefix: str) -> None:
-        for f in dataclasses.fields(obj):
-            value = getattr(obj, f.name)
-            if dataclasses.is_dataclass(value):
-                walk(value, f"{prefix}{f.name}.")
-            else:
-                lines.append(f"  {prefix}{f.name}={OmegaConf.to_yaml({'v': value}).strip()[3:]}")
-
-    walk(schema(), "")
+    for key, (f, default, _) in schema_fields(schema).items():
+        shown = OmegaConf.to_yaml({"v": default}).strip()[3:]
+        lines.append(f"  {key}={shown}".ljust(38) + f"  {f.metadata.get('help', '')}")
     return "\n".join(lines)
 
 
-def _one_line(error: Exception) -> str:
-    return str(error).strip().splitlines()[0]
+def schema_fields(schema: type, prefix: str = "") -> dict:
+    """Every leaf key of a schema (dotted) with its field, default and type hint: the one walk over it."""
+    found = {}
+    hints, instance = typing.get_type_hints(schema), schema()
+    for f in dataclasses.fields(schema):
+        value = getattr(instance, f.name)
+        if dataclasses.is_dataclass(value):
+            found.update(schema_fields(type(value), f"{prefix}{f.name}."))
+        else:
+            found[f"{prefix}{f.name}"] = (f, value, hints[f.name])
+    return found
 
 
 def _describe(error: Exception, merged: DictConfig, layer: Any) -> str:
     """One line naming the key a merge failed on; OmegaConf leaves it out when a whole group or list is at fault."""
     key = getattr(error, "full_key", None) or _failing_key(merged, layer)
-    message = _one_line(error)
+    message = first_line(error)
     if "Key '" in message and "not in" in message or "ConfigKeyError" in type(error).__name__:
         return f"{key}: unknown key (see --help for the valid keys)"
     node = _schema_node(merged, key)

@@ -6,6 +6,7 @@ are ignored (they may be None). T = len(R).
 
 from __future__ import annotations
 
+import statistics
 from typing import Optional, Sequence
 
 Matrix = Sequence[Sequence[Optional[float]]]
@@ -45,3 +46,9 @@ def forgetting(R: Matrix) -> float:
 def seen_accuracy(row: Sequence[float]) -> float:
     """Mean accuracy over the tasks seen so far: the per-task signal early stopping watches."""
     return sum(row) / len(row)
+
+
+def mean_std(values: Sequence[float]) -> tuple:
+    """Mean and sample standard deviation (0 for a single value) of one metric over seeds."""
+    mean = statistics.fmean(values)
+    return mean, (statistics.stdev(values) if len(values) > 1 else 0.0)

@@ -1,19 +1,34 @@
-"""Multi-head networks: a shared body and one linear head per task (task-incremental learning).
+"""Multi-head networks (a shared body and one head per task) and the model registry.
 
-NESS adapts every ``nn.Linear``, ``nn.Conv1d`` and ``nn.Conv2d`` inside ``body``; the heads are trained plainly, each
-on its own task only. Bias-free layers, as in the reference networks of the GPM family.
+The model contract, for the shipped models and the user's own (``model=my_pkg.nets:build``): a builder
+``build(stream: TaskStream) -> nn.Module`` returns a module with
+
+- ``body``: the shared network. NESS adapts every ``nn.Linear``, ``nn.Conv1d`` and ``nn.Conv2d`` inside it
+  (``ness.adaptable_layers``: subclasses included; convolutions need ``groups=1`` and integer zero padding).
+  From the second task on, only those layers' adapters and the current head train: everything else in the
+  body (batch norm, other layer types, biases) stays as the first task left it.
+- ``heads``: an ``nn.ModuleList``, one head per task, sized from ``stream.tasks[t].num_classes``, outside ``body``;
+  each head trains on its own task only.
+- ``forward(x, task)``: the logits of head ``task`` (an int) for a batch ``x`` of N × ``stream.input_shape``.
+
+``model=auto`` builds the stream's ``default_model``. ``check_model_fits`` builds the model once before any
+training and runs two samples of every task through it, so a model that breaks the contract or cannot take
+the benchmark's inputs fails in one line. The shipped models use bias-free layers, as the GPM family does.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Callable, Dict, List, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .config import UserError
 from .data import TaskStream
+from .ness import adaptable_layers
+from .user_code import describe, resolve
 
 
 class MultiHeadNet(nn.Module):
@@ -127,14 +142,77 @@ def cnn1d(stream: TaskStream, channels: int = 25) -> MultiHeadNet:
     return MultiHeadNet(body, _flat_width(body, stream.input_shape), [t.num_classes for t in stream.tasks])
 
 
-BUILDERS: Dict[str, Callable[[TaskStream], MultiHeadNet]] = {"mlp": mlp, "alexnet": alexnet, "resnet18": resnet18,
-                                                             "cnn1d": cnn1d}
+Builder = Callable[[TaskStream], nn.Module]
+
+MODELS: Dict[str, Builder] = {"mlp": mlp, "alexnet": alexnet, "resnet18": resnet18, "cnn1d": cnn1d}
 
 
-def build_model(name: str, stream: TaskStream) -> MultiHeadNet:
+def builder(name: str, key: str = "model") -> Builder:
+    """The builder of a registered name or an import path; ``UserError`` naming ``key=name`` when there is none."""
+    return resolve(key, name, MODELS, ("stream",), "nn.Module with .body and .heads")
+
+
+def check_model(name: str) -> None:
+    """Refuse a model that names no builder before any work (``auto`` is checked once the stream is known)."""
+    if name != "auto":
+        builder(name)
+
+
+def build_model(name: str, stream: TaskStream) -> nn.Module:
     """The named model for this stream; ``auto`` takes the benchmark's default."""
-    name = stream.default_model if name == "auto" else name
-    return BUILDERS[name](stream)
+    if name == "auto":
+        return builder(stream.default_model, "default_model")(stream)
+    return builder(name)(stream)
+
+
+def check_model_fits(cfg, stream: TaskStream) -> None:
+    """Build the model and run two samples of every task through it, before any training: a model that breaks
+    the contract, or cannot take the benchmark's inputs (alexnet on flat digits), fails in one line naming it."""
+    named = f"model={cfg.model}" + (f" ({stream.default_model})" if cfg.model == "auto" else "")
+    try:
+        model = build_model(cfg.model, stream)
+        problem = model_problem(model, stream)
+    except UserError as error:
+        raise UserError(f"{named}: {error}" if cfg.model == "auto" else str(error)) from None
+    except Exception as error:  # the builder or forward fails: how depends on the model's code
+        raise UserError(f"{named}: does not take benchmark={cfg.benchmark}'s inputs of shape "
+                        f"{tuple(stream.input_shape)} ({describe(error)}); use model=auto ({stream.default_model}) "
+                        f"or a model that fits") from None
+    if problem is None and cfg.method == "ness":
+        problem = adaptation_problem(model)
+    if problem:
+        raise UserError(f"{named}: {problem}")
+
+
+def adaptation_problem(model: nn.Module) -> Optional[str]:
+    """A layer of the body that NESS cannot adapt (a grouped or 'same'-padded convolution), or None."""
+    try:
+        adaptable_layers(model)
+    except ValueError as error:
+        return str(error)
+    return None
+
+
+def model_problem(model: object, stream: TaskStream) -> Optional[str]:
+    """Why ``model`` breaks the contract for this stream (see the module docstring), or None."""
+    if not isinstance(model, nn.Module):
+        return f"the builder returned a {type(model).__name__}, not an nn.Module"
+    body, heads = getattr(model, "body", None), getattr(model, "heads", None)
+    if not isinstance(body, nn.Module) or not isinstance(heads, nn.ModuleList):
+        return "must have .body (an nn.Module: the shared network NESS adapts) and .heads (an nn.ModuleList)"
+    if len(heads) != len(stream.tasks):
+        return f"has {len(heads)} heads for {len(stream.tasks)} tasks; build one head per task"
+    if {id(p) for p in body.parameters()} & {id(p) for p in heads.parameters()}:
+        return "its heads are inside its body; keep them apart (NESS would adapt the heads)"
+    model.eval()
+    with torch.no_grad():
+        for t, task in enumerate(stream.tasks):
+            out = model(task.inputs(task.x_train[:2]), t)
+            wanted = (len(task.x_train[:2]), task.num_classes)
+            if not isinstance(out, Tensor) or tuple(out.shape) != wanted:
+                got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+                return f"forward(x, {t}) gives {got}; task {t} needs logits of shape N x num_classes = {wanted}"
+    return None
 
 
 def pick_device(name: str) -> torch.device:

@@ -1,9 +1,9 @@
-"""The sweep's results table: one Parquet row per trial, and what is read from it afterwards.
+"""A sweep's folder and its results table: one Parquet row per trial, trial statuses, the Pareto front.
 
 The table is the record of a sweep: ``ness_sweep.report`` rebuilds the leaderboard, the Pareto front and
-the command that reruns the best configuration from it alone. Its schema is explicit: fixed columns
-below, one column per run-config key (``train.lr``, ``ness.rank``, ...) typed by the sweep, and JSON
-metadata under ``ness_sweep`` naming the sweep, its metrics and modes, and the searched keys.
+the command that reruns any trial from it alone. Its schema is explicit: fixed columns below, one column
+per run setting (``train.lr``, ``ness.rank``, ...) typed by the sweep, and JSON metadata under
+``ness_sweep`` naming the sweep, its metrics and modes, and the searched keys.
 """
 
 from __future__ import annotations
@@ -11,26 +11,71 @@ from __future__ import annotations
 import json
 import math
 import os
-import shlex
 import uuid
+from dataclasses import dataclass
 from typing import Any, Dict, List, Sequence, Tuple
 
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
-from omegaconf import OmegaConf
+from .config import UserError, first_line
 
-from .config import UserError, flatten
-
-RESULTS_FILE = "results.parquet"
-BEST_CONFIG_FILE = "best.yaml"
 METADATA_KEY = b"ness_sweep"
+
+
+class Status:
+    """A trial's status as the table records it: Ray Tune's trial states, with the sweep's own endings.
+
+    PENDING → RUNNING (⇄ PAUSED, when ASHA pauses it at a rung) → one ending:
+    TERMINATED (it finished every task), STOPPED (ASHA stopped it early), DIVERGED (its loss became NaN/inf:
+    a result of the search, not retried), ERROR (it raised, ``trial.max_failures`` + 1 times).
+    A sweep interrupted while a trial had not ended records UNFINISHED; ``resume=true`` continues it.
+    """
+
+    PENDING, RUNNING, PAUSED, UNFINISHED = "PENDING", "RUNNING", "PAUSED", "UNFINISHED"
+    TERMINATED, STOPPED, DIVERGED, ERROR = "TERMINATED", "STOPPED", "DIVERGED", "ERROR"
+    ENDED = (TERMINATED, STOPPED, DIVERGED, ERROR)
+
+
+@dataclass(frozen=True)
+class SweepFolder:
+    """``OUTPUT_DIR/NAME``, local or a URI: every file a sweep keeps, named in one place."""
+
+    output_dir: str
+    name: str
+
+    TABLE = "results.parquet"
+    PLAN = "plan.yaml"
+    BEST = "best.yaml"
+    REPORT = "report.html"
+    OPTUNA = "optuna.db"
+    WANDB = "wandb"
+
+    @property
+    def location(self) -> str:
+        """As the user would type it (the output_dir as given)."""
+        return f"{self.output_dir.rstrip('/')}/{self.name}"
+
+    @property
+    def filesystem(self) -> pafs.FileSystem:
+        return filesystem_and_path(self.output_dir)[0]
+
+    def path(self, *parts: str) -> str:
+        """A path inside the folder on its file system (``path()`` is the folder itself)."""
+        root = filesystem_and_path(self.output_dir)[1]
+        return "/".join([root, self.name, *parts])
+
+    def shown(self, *parts: str) -> str:
+        """A path inside the folder as the user would type it."""
+        return "/".join([self.location, *parts])
+
+    def exists(self, *parts: str) -> bool:
+        return exists(self.filesystem, self.path(*parts))
 
 # Columns before the config columns: who the trial is and where it ran.
 ID_COLUMNS = [
     ("trial_id", pa.string()),
-    ("status", pa.string()),  # TERMINATED, STOPPED (by the scheduler), DIVERGED, ERROR; unfinished: PENDING,
-    # RUNNING, PAUSED while the sweep runs, UNFINISHED after an interrupt
+    ("status", pa.string()),  # a Status
     ("node_ip", pa.string()),
     ("node_id", pa.string()),
 ]
@@ -54,8 +99,6 @@ METRIC_COLUMNS = [
     ("started_at_task", pa.int64()),  # where the trial's last attempt began: > 0 after a restart or resume
     ("recovery", pa.string()),  # set when an unreadable checkpoint was passed over: what the trial continued from
 ]
-FINISHED = "TERMINATED"
-ENDED = (FINISHED, "STOPPED", "DIVERGED", "ERROR")  # the other statuses mean unfinished (resume=true continues)
 
 
 def make_schema(config_columns: Sequence[Tuple[str, pa.DataType]], metadata: Dict[str, Any]) -> pa.Schema:
@@ -81,7 +124,7 @@ def filesystem_and_path(location: str) -> Tuple[pafs.FileSystem, str]:
         try:
             return pafs.FileSystem.from_uri(location)
         except Exception as error:  # pyarrow raises several types for bad or unreachable URIs
-            raise UserError(f"{location}: not a usable location: {str(error).splitlines()[0]}") from None
+            raise UserError(f"{location}: not a usable location: {first_line(error)}") from None
     return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(location))
 
 
@@ -108,9 +151,9 @@ def read_table(location: str) -> pa.Table:
     """The table of a sweep directory (or of the Parquet file itself), local or URI."""
     fs, path = filesystem_and_path(location)
     if not path.endswith(".parquet"):
-        path = f"{path.rstrip('/')}/{RESULTS_FILE}"
+        path = f"{path.rstrip('/')}/{SweepFolder.TABLE}"
     if not exists(fs, path):
-        raise UserError(f"{location}: no {RESULTS_FILE} there (give a sweep directory: OUTPUT_DIR/SWEEP_NAME)")
+        raise UserError(f"{location}: no {SweepFolder.TABLE} there (give a sweep directory: OUTPUT_DIR/SWEEP_NAME)")
     with fs.open_input_file(path) as source:
         return pq.read_table(source)
 
@@ -148,101 +191,3 @@ def best_rows(table: pa.Table) -> List[Dict[str, Any]]:
     if len(meta["metrics"]) > 1:
         return pareto_front(rows, meta["metrics"], meta["modes"])
     return ranked(rows, meta["metrics"][0], meta["modes"][0])
-
-
-# ---- rerunning the best ----------------------------------------------------------------------
-
-def _yaml_scalar(value: Any) -> str:
-    """A value as the command line parses it back to the same type (floats keep full precision)."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, float):
-        return repr(value)
-    if isinstance(value, list):
-        return "[" + ",".join(_yaml_scalar(v) for v in value) + "]"
-    return str(value)
-
-
-def run_settings(row: Dict[str, Any], table: pa.Table) -> Dict[str, Any]:
-    """The trial's run config as dotted key -> value, with its seed (or seeds)."""
-    settings = {key: row[key] for key in config_columns(table)}
-    seeds = row["seeds"] or []
-    if len(seeds) == 1:
-        settings["seed"] = seeds[0]
-    elif seeds:
-        settings["seeds"] = list(seeds)
-    return settings
-
-
-def train_command(row: Dict[str, Any], table: pa.Table) -> str:
-    """``python -m ness_sweep.train ...`` rerunning the trial: the benchmark, the searched keys, every key that
-    differs from the schema default, the seed(s), and always ``threads`` and ``device``: on the CPU float sums
-    in another order would change the last digits, and training amplifies them."""
-    from .config import RunConfig  # the schema defaults, to leave out what a rerun gets anyway
-
-    defaults = flatten(OmegaConf.to_container(OmegaConf.structured(RunConfig)))
-    meta = sweep_metadata(table)
-    always = ("benchmark", "seed", "seeds", "threads", "device", *meta["searched"])
-    parts = [f"{key}={_yaml_scalar(value)}" for key, value in run_settings(row, table).items()
-             if key in always or defaults.get(key, object()) != value]
-    return shlex.join(["python", "-m", "ness_sweep.train", *parts])
-
-
-def best_config_yaml(row: Dict[str, Any], table: pa.Table) -> str:
-    """The trial's full run config as YAML, usable as ``ness_sweep.train preset=best.yaml``."""
-    nested: Dict[str, Any] = {}
-    for key, value in run_settings(row, table).items():
-        node = nested
-        *parents, leaf = key.split(".")
-        for parent in parents:
-            node = node.setdefault(parent, {})
-        node[leaf] = value
-    return OmegaConf.to_yaml(OmegaConf.create(nested))
-
-
-# ---- printing --------------------------------------------------------------------------------
-
-def _cell(value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)
-
-
-def leaderboard(table: pa.Table, top: int = 5) -> str:
-    """The best trials (or the Pareto front) as a table, then the command rerunning each shown winner."""
-    meta = sweep_metadata(table)
-    rows = table.to_pylist()
-    metrics, modes = meta["metrics"], meta["modes"]
-    counts: Dict[str, int] = {}
-    for row in rows:
-        counts[row["status"]] = counts.get(row["status"], 0) + 1
-    status_text = ", ".join(f"{n} {status.lower()}" for status, n in sorted(counts.items()))
-    objectives = ", ".join(f"{m} ({mode})" for m, mode in zip(metrics, modes))
-    best = best_rows(table)
-    lines = [f"sweep {meta['sweep']}: {len(rows)} trials ({status_text})"]
-    if not best:
-        lines.append(f"no trial finished with {objectives}; nothing to rank")
-        return "\n".join(lines)
-    multi = len(metrics) > 1
-    shown = best if multi else best[:top]
-    lines.append(f"Pareto front over {objectives}: {len(best)} trials" if multi
-                 else f"best {len(shown)} by {objectives}")
-    metric_columns = [c for c in ("acc", "bwt", "forgetting") if c in metrics] + \
-                     [c for c in ("acc", "bwt", "forgetting") if c not in metrics]
-    columns = ["trial_id", *metric_columns, *meta["searched"], "seconds"]
-    cells = [[str(i + 1)] + [_cell(r.get(c)) for c in columns] for i, r in enumerate(shown)]
-    header = ["#", *columns]
-    widths = [max(len(h), *(len(row[i]) for row in cells)) for i, h in enumerate(header)]
-    for row in [header, *cells]:
-        lines.append("  " + "  ".join(v.rjust(w) for v, w in zip(row, widths)))
-    reruns = shown if multi else shown[:1]
-    lines.append("rerun the best configuration:" if not multi else "rerun a configuration of the front:")
-    for row in reruns:
-        scores = ", ".join(f"{m} {row[m]:.2f}" for m in metrics)
-        lines.append(f"  # trial {row['trial_id']}: {scores}")
-        lines.append(f"  {train_command(row, table)}")
-    return "\n".join(lines)

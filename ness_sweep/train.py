@@ -12,17 +12,19 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import statistics
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional
+from typing import Any, Callable, List, Optional, Tuple
 
 import torch
 
-from .config import UserError, RunConfig, help_text, load_run_config, resolved
-from .data import TaskStream, stream_for
-from .models import build_model
+from . import callable_module
+from .benchmarks import check_benchmark, stream_for
+from .config import UserError, RunConfig, arguments, help_text, load_run_config, resolved
+from .metrics import mean_std
+from .models import check_model, check_model_fits
 from .trainer import check_method, make_trainer
 
 USAGE = """usage: python -m ness_sweep.train [key=value ...]
@@ -32,7 +34,7 @@ Keys and their defaults:
 """
 
 
-def run_seed(cfg, seed: int, stream=None, log=print) -> dict:
+def run_seed(cfg, seed: int, stream=None, log: Optional[Callable[[str], None]] = print) -> dict:
     """One run of the config with the given seed (its stream, if already loaded); a plain dict."""
     cfg = cfg.copy()
     cfg.seed = seed
@@ -43,8 +45,78 @@ def run_seed(cfg, seed: int, stream=None, log=print) -> dict:
     return result
 
 
-def mean_std(values: List[float]) -> tuple:
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+@dataclass
+class TrainResult:
+    """What ``ness_sweep.train(...)`` returns: one result per seed, their mean (and std with several seeds)
+    of ACC, BWT and forgetting, and the resolved settings that reproduce them."""
+
+    runs: List[dict]  # per seed: acc, bwt, forgetting, acc_matrix, ranks, trainable_params, seconds, seed
+    config: dict  # every setting, resolved: the run's preset
+
+    def _mean_std(self, key: str) -> Tuple[float, float]:
+        return mean_std([run[key] for run in self.runs])
+
+    @property
+    def acc(self) -> float:
+        return self._mean_std("acc")[0]
+
+    @property
+    def bwt(self) -> float:
+        return self._mean_std("bwt")[0]
+
+    @property
+    def forgetting(self) -> float:
+        return self._mean_std("forgetting")[0]
+
+    def to_dict(self) -> dict:
+        """The JSON ``output=`` writes: a run's own fields with one seed; ``runs`` and mean/std with several."""
+        output = dict(self.runs[0]) if len(self.runs) == 1 else {"runs": self.runs}
+        if len(self.runs) > 1:
+            for key in ("acc", "bwt", "forgetting"):
+                output[key], output[f"{key}_std"] = self._mean_std(key)
+        output["config"] = self.config
+        return output
+
+
+def train(*args: str, out: Optional[Callable[[str], None]] = print, **settings: Any) -> TrainResult:
+    """Train with the command line's settings: ``key=value`` strings, keyword arguments, or both
+    (``train("method=finetune", seeds=[1, 2], train={"epochs": 5})``; dotted keys as ``**{"train.lr": 0.1}``).
+
+    Everything is checked before any work: bad input raises ``UserError`` (one line) with nothing trained,
+    downloaded or written. A diverging loss raises ``FloatingPointError``. ``out`` receives the progress
+    lines (per epoch, per task, per seed); ``out=None`` trains silently. Writes ``output=`` when given.
+    """
+    say = out or (lambda line: None)
+    cfg = load_run_config([*args, *arguments(settings)])
+    check_benchmark(cfg.benchmark)
+    check_model(cfg.model)
+    check_method(cfg.method)
+    if cfg.output:
+        check_output(cfg.output)
+    apply_threads(cfg.threads)
+    seeds = list(cfg.seeds) if cfg.seeds is not None else [cfg.seed]
+    first_stream = stream_for(cfg, seeds[0])
+    check_model_fits(cfg, first_stream)
+    runs = []
+    for i, seed in enumerate(seeds):
+        say(f"== {cfg.method} on {cfg.benchmark}, seed {seed}")
+        try:
+            runs.append(run_seed(cfg, seed, first_stream if i == 0 else None, log=out))
+        except FloatingPointError as error:  # a diverging loss: an outcome of the settings, not a crash
+            raise FloatingPointError(f"seed {seed}: {error}") from None
+        say(summary(runs[-1]))
+    result = TrainResult(runs, resolved(cfg))
+    if len(runs) > 1:
+        say("seeds " + ", ".join(f"{r['seed']}: ACC {r['acc']:.2f} BWT {r['bwt']:.2f}" for r in runs))
+        output = result.to_dict()
+        say(f"mean ± std over {len(runs)} seeds: ACC {output['acc']:.2f} ± {output['acc_std']:.2f}  "
+            f"BWT {output['bwt']:.2f} ± {output['bwt_std']:.2f}")
+    if cfg.output:
+        path = Path(cfg.output).expanduser()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(result.to_dict(), indent=2))
+        say(f"wrote {path}")
+    return result
 
 
 def format_matrix(matrix) -> str:
@@ -98,57 +170,23 @@ def check_output(output: str) -> None:
         raise UserError(f"output={output}: cannot create files in {folder} ({error.strerror})") from None
 
 
-def check_model_fits(cfg, stream: TaskStream) -> None:
-    """A model that cannot take the benchmark's inputs (alexnet on flat digits) fails while being built."""
-    try:
-        build_model(cfg.model, stream)
-    except RuntimeError:
-        raise UserError(f"model={cfg.model}: does not take benchmark={cfg.benchmark}'s inputs of shape "
-                          f"{tuple(stream.input_shape)}; use model=auto ({stream.default_model})") from None
-
-
 def main(argv: Optional[List[str]] = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if any(a in ("-h", "--help", "help") for a in argv):
         print(USAGE + help_text(RunConfig))
         return 0
     try:
-        cfg = load_run_config(argv)
-        check_method(cfg.method)
-        if cfg.output:
-            check_output(cfg.output)
-        apply_threads(cfg.threads)
-        seeds = list(cfg.seeds) if cfg.seeds is not None else [cfg.seed]
-        first_stream = stream_for(cfg, seeds[0])
-        check_model_fits(cfg, first_stream)
+        train(*argv)
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    runs = []
-    for i, seed in enumerate(seeds):
-        print(f"== {cfg.method} on {cfg.benchmark}, seed {seed}")
-        try:
-            runs.append(run_seed(cfg, seed, first_stream if i == 0 else None))
-        except FloatingPointError as error:  # a diverging loss: an outcome of the settings, not a crash
-            print(f"error: seed {seed}: {error}", file=sys.stderr)
-            return 1
-        print(summary(runs[-1]))
-    output = dict(runs[0]) if len(runs) == 1 else {"runs": runs}
-    if len(runs) > 1:
-        for key in ("acc", "bwt", "forgetting"):
-            mean, std = mean_std([r[key] for r in runs])
-            output[key], output[f"{key}_std"] = mean, std
-        print("seeds " + ", ".join(f"{r['seed']}: ACC {r['acc']:.2f} BWT {r['bwt']:.2f}" for r in runs))
-        print(f"mean ± std over {len(runs)} seeds: ACC {output['acc']:.2f} ± {output['acc_std']:.2f}  "
-              f"BWT {output['bwt']:.2f} ± {output['bwt_std']:.2f}")
-    output["config"] = resolved(cfg)
-    if cfg.output:
-        path = Path(cfg.output).expanduser()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(output, indent=2))
-        print(f"wrote {path}")
+    except FloatingPointError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     return 0
 
+
+callable_module(__name__, train)
 
 if __name__ == "__main__":
     sys.exit(main())

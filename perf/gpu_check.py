@@ -34,8 +34,8 @@ import torch
 from torch import nn
 
 from ness_sweep import ness
+from ness_sweep.benchmarks import stream_for
 from ness_sweep.config import load_run_config
-from ness_sweep.data import stream_for
 from ness_sweep.trainer import Trainer, make_trainer
 
 CPU = torch.device("cpu")

@@ -27,19 +27,21 @@ import tempfile
 import time
 from pathlib import Path
 
-os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # before Ray is imported: loopback only
+from ness_sweep import environment
+
+environment.bind_ray_to_loopback(None)  # before Ray is imported: loopback only
 os.environ.setdefault("WANDB_MODE", "offline")
 
 import torch  # noqa: E402
 
-from ness_sweep import dashboards, sweep  # noqa: E402
-from ness_sweep.data import stream_for  # noqa: E402
+from ness_sweep.sweep import dashboards, plan as planning, tuner  # noqa: E402
+from ness_sweep.benchmarks import stream_for  # noqa: E402
 from ness_sweep.trainer import make_trainer  # noqa: E402
 
 
 def timed_sweep(args, output_dir, name):
-    plan = sweep.build_plan([*args, f"sweep.name={name}", f"output_dir={output_dir}"])
-    outcome = sweep.run_sweep(plan, out=lambda line: None)
+    plan = planning.build_plan([*args, f"sweep.name={name}", f"output_dir={output_dir}"])
+    outcome = tuner.run_sweep(plan, out=lambda line: None)
     rows = outcome.table.to_pylist()
     compute = sum(r["seconds"] for r in rows)
     overhead = (outcome.seconds - compute / outcome.concurrency) / len(rows)
@@ -68,11 +70,11 @@ def time_wandb_callback():
 
 def loop(plan_args, params_list):
     """Train the configurations one after another in this process; returns (seconds, ACCs)."""
-    plan = sweep.build_plan(plan_args)
+    plan = planning.build_plan(plan_args)
     started = time.perf_counter()
     settings = plan.run_settings()
     stream = stream_for(plan.cfg, plan.seeds[0])
-    accs = [make_trainer(sweep.trial_run_config(settings, params), stream, log=None).run().to_dict()["acc"]
+    accs = [make_trainer(planning.trial_run_config(settings, params), stream, log=None).run().to_dict()["acc"]
             for params in params_list]
     return time.perf_counter() - started, accs
 
@@ -119,7 +121,7 @@ def main(argv):
         progress(f"two plain processes: {pair_seconds:.1f} s")
     same = sum(abs(a - r["acc"]) < 1e-9 for a, r in zip(accs, rows))
     print(f"{trials} trials of {plan.space.source} ({plan.cfg.benchmark}, train.epochs={plan.cfg.train.epochs}, FIFO), "
-          f"{offline['concurrency']} at a time with trial.cpu={plan.cfg.trial.cpu}, on {sweep.machine_cpus()} CPUs, "
+          f"{offline['concurrency']} at a time with trial.cpu={plan.cfg.trial.cpu}, on {planning.machine_cpus()} CPUs, "
           f"torch {torch.__version__}; mean trial compute {offline['compute'] / trials:.2f} s in the sweep; "
           f"loop ACC equal to the sweep's for {same}/{trials} trials (the loop uses {torch.get_num_threads()} threads)")
     print()

@@ -31,9 +31,10 @@ from typing import Callable, Dict, List, Optional
 import torch
 
 from ness_sweep import ness
+from ness_sweep.benchmarks.digits import permuted_digits
+from ness_sweep.benchmarks.mnist1d import permuted_mnist1d
 from ness_sweep.config import RunConfig, load_run_config
-from ness_sweep.data import Task, TaskStream, permuted_digits
-from ness_sweep.mnist1d import permuted_mnist1d
+from ness_sweep.data import Task, TaskStream
 from ness_sweep.models import pick_device
 from ness_sweep.trainer import Trainer, make_trainer
 

@@ -212,9 +212,9 @@ if ray_constants.ENABLE_RAY_CLUSTER:  # never start a Ray that could bind beyond
     print(json.dumps({{"cluster_networking": True}}))
     sys.exit(0)
 import ray
-from ness_sweep import sweep
+from ness_sweep.sweep import plan as planning, tuner
 from test_cluster import listening_addresses
-sweep.connect_ray(sweep.build_plan(["space=smoke", "output_dir=" + {output_dir!r}]))
+tuner.connect_ray(planning.build_plan(["space=smoke", "output_dir=" + {output_dir!r}]))
 try:
     print(json.dumps({{"cluster_networking": False, "gcs": ray.get_runtime_context().gcs_address,
                       "nodes": [node["NodeManagerAddress"] for node in ray.nodes()],

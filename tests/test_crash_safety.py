@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from ness_sweep import dashboards, results
+from ness_sweep import report
+from ness_sweep.sweep import dashboards
 
 
 def sweep_command(*args):
@@ -19,7 +20,11 @@ def sweep_command(*args):
 
 
 def environment():
-    return {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "WANDB_MODE": "offline"}
+    """A sweep process of its own: loopback Ray, offline W&B, and its own W&B service (WANDB_SERVICE, set by an
+    earlier test's W&B in this process, would make every sweep share one service, and a killed driver's runs
+    would stay open in it)."""
+    inherited = {key: value for key, value in os.environ.items() if key != "WANDB_SERVICE"}
+    return {**inherited, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "WANDB_MODE": "offline"}
 
 
 def wait_for(condition, process, timeout=120.0):
@@ -182,7 +187,7 @@ def test_a_killed_driver_resumes_without_rerunning_finished_trials(tmp_path):
 
     table = pq.read_table(results_file)
     for row in rows:  # every row, resumed or not, reruns to its numbers
-        line = results.train_command(row, table)
+        line = report.train_command(row, table)
         output = tmp_path / f"{row['trial_id']}.json"
         done = subprocess.run([sys.executable, *shlex.split(line)[1:], f"output={output}"], capture_output=True,
                               text=True, env=environment())

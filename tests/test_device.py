@@ -16,8 +16,9 @@ import torch
 from torch.overrides import TorchFunctionMode
 
 from ness_sweep import ness, trainer as trainer_module
+from ness_sweep.benchmarks import stream_for
 from ness_sweep.config import load_run_config
-from ness_sweep.data import Task, TaskStream, stream_for
+from ness_sweep.data import Task, TaskStream
 from ness_sweep.trainer import Trainer, make_trainer
 
 # Calls that make the host wait for the device: the value must be on the host before they return.

@@ -19,8 +19,8 @@ import torch
 import torchvision.datasets
 
 from fake_data import write_fake_cifar100, write_fake_five_datasets
+from ness_sweep.benchmarks import load_stream
 from ness_sweep.config import UserError
-from ness_sweep.data import load_stream
 
 
 def md5(path: Path) -> str:

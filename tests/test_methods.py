@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from ness_sweep import ness
-from ness_sweep.data import stream_for
+from ness_sweep.benchmarks import stream_for
 from ness_sweep.config import UserError, load_run_config
 from ness_sweep.trainer import (METHODS, NessTrainer, Trainer, check_method, global_rng_state, make_trainer,
                                 set_global_rng_state)

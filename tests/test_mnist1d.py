@@ -10,9 +10,9 @@ import torch
 from mnist1d.data import get_dataset_args, make_dataset
 
 from ness_sweep import ness
-from ness_sweep import mnist1d as benchmark
+from ness_sweep.benchmarks import load_stream, stream_for
+from ness_sweep.benchmarks import mnist1d as benchmark
 from ness_sweep.config import UserError, load_run_config
-from ness_sweep.data import load_stream, stream_for
 from ness_sweep.models import build_model
 from ness_sweep.trainer import make_trainer
 

@@ -13,14 +13,15 @@ from pathlib import Path
 import optuna
 import pytest
 
-from ness_sweep import run, sweep
+from ness_sweep import run
+from ness_sweep.sweep import plan as planning, space as spaces, tuner
 from ness_sweep.config import UserError
 
 REQUIRED_SPACES = {"rank_threshold", "threshold", "lr", "smoke"}
 
 
 def plan_for(tmp_path, *args):
-    return sweep.build_plan([*args, f"output_dir={tmp_path / 'out'}"])
+    return planning.build_plan([*args, f"output_dir={tmp_path / 'out'}"])
 
 
 def write_space(tmp_path, text: str) -> str:
@@ -30,14 +31,14 @@ def write_space(tmp_path, text: str) -> str:
 
 
 def test_required_spaces_are_shipped():
-    assert REQUIRED_SPACES <= set(sweep.known_spaces())
+    assert REQUIRED_SPACES <= set(spaces.known_spaces())
 
 
-@pytest.mark.parametrize("name", sorted(sweep.known_spaces()))
+@pytest.mark.parametrize("name", sorted(spaces.known_spaces()))
 def test_every_shipped_space_loads_and_converts(name, tmp_path):
     plan = plan_for(tmp_path, f"space={name}")
     assert plan.space.description and plan.space.search
-    searcher = sweep.make_searcher(plan)
+    searcher = tuner.make_searcher(plan)
     for i in range(5):
         params = searcher.suggest(f"trial{i}")
         assert set(params) == set(plan.space.search)
@@ -49,7 +50,7 @@ def test_every_shipped_space_loads_and_converts(name, tmp_path):
                 low, high = dist.values
                 assert low <= value <= high
                 assert isinstance(value, int) == (dist.kind == "int")
-        sweep.trial_run_config(plan.run_settings(), params)  # every sample is a valid run config
+        planning.trial_run_config(plan.run_settings(), params)  # every sample is a valid run config
     assert not (tmp_path / "out").exists()
 
 
@@ -97,7 +98,7 @@ def test_a_users_space_file_by_path(tmp_path):
                                  "fixed: {train.epochs: 1}\n")
     plan = plan_for(tmp_path, f"space={path}")
     assert plan.space.search["ness.rank"].to_optuna() == optuna.distributions.IntDistribution(4, 32)
-    assert plan.cfg.train.epochs == 1 and plan.num_samples == sweep.DEFAULT_NUM_SAMPLES
+    assert plan.cfg.train.epochs == 1 and plan.num_samples == planning.DEFAULT_NUM_SAMPLES
 
 
 MALFORMED = [
@@ -177,7 +178,7 @@ def test_an_existing_sweep_is_never_overwritten(tmp_path, capsys):
     assert (out / "mine" / "results.parquet").read_bytes() == b"first sweep"
     now = datetime(2030, 1, 2, 3, 4, 5)
     (out / "smoke-20300102-030405").mkdir()
-    assert sweep.build_plan(["space=smoke", f"output_dir={out}"], now=now).name == "smoke-20300102-030405-2"
+    assert planning.build_plan(["space=smoke", f"output_dir={out}"], now=now).name == "smoke-20300102-030405-2"
 
 
 def test_spaces_ship_inside_the_installed_package(tmp_path):
@@ -196,7 +197,7 @@ def test_spaces_ship_inside_the_installed_package(tmp_path):
     wheel, = (tmp_path / "wheel").glob("ness_sweep-*.whl")
     with zipfile.ZipFile(wheel) as archive:
         archive.extractall(tmp_path / "site")
-    probe = ("import ness_sweep.sweep as s, sys; "
+    probe = ("import ness_sweep.sweep.space as s, sys; "
              "assert s.__file__.startswith(sys.argv[1]), s.__file__; "
              "print(s.shipped_space_dir()); print(sorted(s.known_spaces())); print(s.load_space('smoke').source)")
     done = subprocess.run([sys.executable, "-c", probe, str(tmp_path / "site")], capture_output=True, text=True,

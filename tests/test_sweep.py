@@ -17,9 +17,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from ness_sweep import report, run, sweep
+from ness_sweep import report, run
+from ness_sweep.config import argument_value
+from ness_sweep.sweep import plan as planning, tuner
+from ness_sweep.benchmarks import stream_for
 from ness_sweep.config import load_run_config
-from ness_sweep.data import stream_for
 from ness_sweep.trainer import make_trainer
 
 NUM_TASKS = 5  # permuted_digits
@@ -85,7 +87,7 @@ def wandb_run(path: Path) -> dict:
 
 def recompute(row: dict, seed: int) -> dict:
     """The trial's configuration trained again here, without Ray."""
-    settings = [f"{key}={sweep.results._yaml_scalar(row[key])}" for key in
+    settings = [f"{key}={argument_value(row[key])}" for key in
                 ("benchmark", "method", "train.epochs", "train.lr", "ness.threshold", "ness.rank", "device")]
     cfg = load_run_config([*settings, f"seed={seed}"])
     stream = stream_for(cfg, seed)
@@ -146,17 +148,17 @@ def test_each_trial_is_a_wandb_run_with_per_task_acc_seen_and_final_acc_bwt(six)
 
 
 def test_seeded_search_proposes_the_same_first_configurations(six, tmp_path):
-    plan = sweep.build_plan(["space=smoke", f"output_dir={tmp_path}"])
+    plan = planning.build_plan(["space=smoke", f"output_dir={tmp_path}"])
 
     def first(searcher, n=6):
         return [tuple(sorted(searcher.suggest(f"t{i}").items())) for i in range(n)]
 
-    proposed = first(sweep.make_searcher(plan))
-    assert proposed == first(sweep.make_searcher(plan))
+    proposed = first(tuner.make_searcher(plan))
+    assert proposed == first(tuner.make_searcher(plan))
     ran = {tuple(sorted((k, r[k]) for k in ("ness.threshold", "train.lr"))) for r in six["rows"]}
     assert ran == set(proposed)  # the sweep ran exactly the seeded proposals
-    reseeded = sweep.build_plan(["space=smoke", "sweep.seed=1", f"output_dir={tmp_path}"])
-    assert first(sweep.make_searcher(reseeded)) != proposed
+    reseeded = planning.build_plan(["space=smoke", "sweep.seed=1", f"output_dir={tmp_path}"])
+    assert first(tuner.make_searcher(reseeded)) != proposed
 
 
 def test_progress_is_one_line_per_finished_trial(six):

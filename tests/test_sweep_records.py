@@ -15,9 +15,11 @@ import torch
 from omegaconf import OmegaConf
 from ray import tune
 
-from ness_sweep import report, results, run, sweep, train
-from ness_sweep.config import UserError, load_run_config
-from ness_sweep.data import check_stream, stream_for
+from ness_sweep import report, results, run, train
+from ness_sweep.results import SweepFolder
+from ness_sweep.sweep import callbacks, plan as planning, trial as trials
+from ness_sweep.benchmarks import check_stream, stream_for
+from ness_sweep.config import load_run_config
 
 
 def run_command(args):
@@ -67,11 +69,11 @@ def test_every_row_reruns_to_its_acc_with_its_own_stream(streams_swept, tmp_path
     assert len(shaped) > 1  # the trials did train on different streams
     assert all(r["seeds"] == [r["seed"]] and r["threads"] == 1 for r in rows)
     for row in rows:
-        assert rerun_acc(results.train_command(row, table), tmp_path) == row["acc"], row["trial_id"]
+        assert rerun_acc(report.train_command(row, table), tmp_path) == row["acc"], row["trial_id"]
 
 
 def test_the_plan_is_stored_readable_with_the_command_line(streams_swept):
-    record = OmegaConf.to_container(OmegaConf.load(streams_swept["dir"] / sweep.PLAN_FILE))
+    record = OmegaConf.to_container(OmegaConf.load(streams_swept["dir"] / SweepFolder.PLAN))
     assert record["command_line"][1:] == ["sweep.name=streams", f"output_dir={streams_swept['dir'].parent}",
                                           "wandb.mode=disabled"]
     assert record["config"]["train"]["epochs"] == 1 and record["num_samples"] == 4
@@ -88,16 +90,16 @@ def test_resume_with_a_changed_key_is_refused_and_touches_nothing(streams_swept,
                            (["space=smoke"], "space"), (["train.lr_min=0", "seed=3"], "train.lr_min, seed")):
         assert run.main(["sweep.name=streams", f"output_dir={out}", "resume=true", *changed]) == 2
         message = capsys.readouterr().err.strip()
-        assert "\n" not in message and named in message and sweep.PLAN_FILE in message, message
+        assert "\n" not in message and named in message and SweepFolder.PLAN in message, message
     assert table_file.read_bytes() == before
     assert sorted(p.name for p in streams_swept["dir"].iterdir()) == listing
 
 
 def test_a_resume_may_repeat_the_plan_or_change_only_what_cannot_change_results(streams_swept, tmp_path):
     out = streams_swept["dir"].parent
-    plan = sweep.build_plan(["sweep.name=streams", f"output_dir={out}", "resume=true", "sweep.max_concurrent=1",
+    plan = planning.build_plan(["sweep.name=streams", f"output_dir={out}", "resume=true", "sweep.max_concurrent=1",
                              "wandb.mode=offline", "train.epochs=1", f"space={out / 'streams.yaml'}"])
-    stored = OmegaConf.to_container(OmegaConf.load(streams_swept["dir"] / sweep.PLAN_FILE))
+    stored = OmegaConf.to_container(OmegaConf.load(streams_swept["dir"] / SweepFolder.PLAN))
     record = plan.record()
     assert record["config"]["sweep"]["max_concurrent"] == 1 and record["config"]["wandb"]["mode"] == "offline"
     for key in ("space", "metrics", "modes", "scheduler", "num_samples", "seeds"):
@@ -120,7 +122,7 @@ def test_too_many_streams_are_refused(tmp_path, capsys):
     space.write_text("search: {seed: {int: [0, 99]}, train.lr: {loguniform: [0.01, 0.1]}}\n")
     assert run.main([f"space={space}", f"output_dir={tmp_path / 'out'}"]) == 2
     message = capsys.readouterr().err.strip()
-    assert "100 task streams" in message and str(sweep.MAX_STREAMS) in message, message
+    assert "100 task streams" in message and str(planning.MAX_STREAMS) in message, message
 
 
 def test_a_stream_made_from_other_settings_is_refused():
@@ -168,42 +170,42 @@ def test_non_finite_numbers_in_a_space_are_refused(spec, tmp_path, capsys):
 def saved_checkpoints(tmp_path: Path, count: int) -> list:
     """``count`` checkpoints of one real trial state, as Tune lays them out; returns their folders."""
     cfg = load_run_config(["train.epochs=1"])
-    seed_run = sweep.SeedRun(cfg, 0, stream_for(cfg, 0))
+    seed_run = trials.SeedTrainer(cfg, 0, stream_for(cfg, 0))
     folders = []
     for index in range(count):
         seed_run.step()
         folder = tmp_path / f"checkpoint_{index:06d}"
         folder.mkdir()
-        torch.save([seed_run.state_dict()], folder / sweep.CHECKPOINT_FILE)
+        torch.save([seed_run.state_dict()], folder / trials.CHECKPOINT_FILE)
         folders.append(folder)
     return folders
 
 
 def test_an_unreadable_checkpoint_falls_back_to_the_one_before(tmp_path):
     older, newest = saved_checkpoints(tmp_path, 2)
-    (newest / sweep.CHECKPOINT_FILE).write_bytes(b"\x80garbage" * 100)
-    states, note = sweep.load_checkpoint(tune.Checkpoint.from_directory(str(newest)))
+    (newest / trials.CHECKPOINT_FILE).write_bytes(b"\x80garbage" * 100)
+    states, note = trials.load_checkpoint(tune.Checkpoint.from_directory(str(newest)))
     assert states[0]["trainer"]["next_task"] == 1  # the older one: after task 1
     assert "checkpoint_000001 unreadable" in note and note.endswith("continued from checkpoint_000000")
 
 
 def test_a_truncated_checkpoint_with_none_before_starts_afresh(tmp_path):
     only, = saved_checkpoints(tmp_path, 1)
-    path = only / sweep.CHECKPOINT_FILE
+    path = only / trials.CHECKPOINT_FILE
     path.write_bytes(path.read_bytes()[:1000])
-    states, note = sweep.load_checkpoint(tune.Checkpoint.from_directory(str(only)))
+    states, note = trials.load_checkpoint(tune.Checkpoint.from_directory(str(only)))
     assert states is None and "checkpoint_000000 unreadable" in note and note.endswith("started afresh")
 
 
 def test_the_newest_checkpoint_wins_even_when_tune_hands_back_an_older_one(tmp_path):
     older, newest = saved_checkpoints(tmp_path, 2)
     for given in (older, newest):  # Tune's experiment state may lag behind what the trial wrote
-        states, note = sweep.load_checkpoint(tune.Checkpoint.from_directory(str(given)))
+        states, note = trials.load_checkpoint(tune.Checkpoint.from_directory(str(given)))
         assert states[0]["trainer"]["next_task"] == 2 and note is None
 
 
 def test_a_preset_best_yaml_holds_threads_and_device(streams_swept):
-    best = sweep.write_best_config(sweep.SweepOutcome(streams_swept["table"], str(streams_swept["dir"]), 0.0, 1))
+    best = report.write_best_config(streams_swept["table"], str(streams_swept["dir"]))
     cfg = load_run_config([f"preset={best}"])
     top = results.best_rows(streams_swept["table"])[0]
     assert cfg.threads == top["threads"] == 1 and cfg.device == top["device"] == "cpu"
@@ -222,12 +224,12 @@ class FailedTrial:
 
 
 def test_a_trial_error_is_one_line_in_the_output_and_whole_in_the_row(tmp_path):
-    plan = sweep.build_plan(["space=smoke", f"output_dir={tmp_path}"])
+    plan = planning.build_plan(["space=smoke", f"output_dir={tmp_path}"])
     printed = []
-    sweep.ProgressLines(plan, 5, printed.append).on_trial_error(0, [FailedTrial], FailedTrial)
+    callbacks.ProgressLines(plan, 5, printed.append).on_trial_error(0, [FailedTrial], FailedTrial)
     assert len(printed) == 1 and "ActorDiedError: The actor died unexpectedly" in printed[0]
     assert "Traceback" not in printed[0]
-    table = sweep.ResultsTable(plan)
+    table = callbacks.ResultsTable(plan)
     table.statuses[FailedTrial.trial_id] = "ERROR"
     row = table.row(FailedTrial, running=False)
     assert row["status"] == "ERROR" and row["error"].count("\n") == 39 and row["error"].startswith("Traceback")

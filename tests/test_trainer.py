@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from ness_sweep import ness
+from ness_sweep.benchmarks import stream_for
 from ness_sweep.config import load_run_config
-from ness_sweep.data import stream_for
 from ness_sweep.metrics import seen_accuracy
 from ness_sweep.trainer import make_trainer
 

@@ -19,7 +19,8 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from ness_sweep import dashboards, run
+from ness_sweep import run
+from ness_sweep.sweep import dashboards
 
 NUM_TASKS = 5  # permuted_digits
 TRIALS = 3

@@ -30,9 +30,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .config import UserError
-from .data import Task, TaskStream, register, split_train_valid
-from .paper_benchmarks import expect, one_line
+from ..config import UserError
+from ..data import Task, TaskStream, split_train_valid
+from .files import expect, one_line
 
 # mnist1d's get_dataset_args() defaults (the paper's data set), written out so that a change of the
 # package's defaults cannot silently change the benchmark; its 'url' is for downloading and is never used.
@@ -143,9 +143,8 @@ def load_mnist1d(data_root: Path, args: Dict[str, object] = MNIST1D_ARGS) -> Spl
     return x_train.unsqueeze(1), y_train, x_test.unsqueeze(1), y_test
 
 
-@register("permuted_mnist1d")
-def permuted_mnist1d(data_root: Path, seed: int, valid_fraction: float, num_tasks: int = NUM_TASKS,
-                     download: bool = False) -> TaskStream:
+def permuted_mnist1d(data_root: Path, seed: int, valid_fraction: float, download: bool = False,
+                     num_tasks: int = NUM_TASKS) -> TaskStream:
     """5 tasks of 10-way MNIST-1D; task 0 unpermuted, each later task a seeded permutation of the positions."""
     x_rest, y_rest, x_test, y_test = load_mnist1d(data_root)
     length = x_rest.shape[-1]
@@ -158,7 +157,6 @@ def permuted_mnist1d(data_root: Path, seed: int, valid_fraction: float, num_task
     return TaskStream("permuted_mnist1d", tasks, (1, length), "mlp")
 
 
-@register("split_mnist1d")
 def split_mnist1d(data_root: Path, seed: int, valid_fraction: float, download: bool = False) -> TaskStream:
     """5 tasks of 2-way MNIST-1D: classes {0,1}, {2,3}, ..., {8,9}; labels 0/1 within each task."""
     x_rest, y_rest, x_test, y_test = load_mnist1d(data_root)

@@ -7,7 +7,6 @@ runs land in ``<sweep dir>/wandb``; ``sync_hint`` names the one command that upl
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import netrc
 import os
@@ -22,8 +21,10 @@ from omegaconf import DictConfig
 from PIL import Image, ImageDraw, ImageFont
 from ray import tune
 
-from . import results, sweep
-from .config import UserError, resolved
+from .. import environment, results
+from ..config import UserError, resolved
+from .callbacks import trial_status
+from .plan import trial_run_config
 
 # The trial's final report, kept in its run summary (the *_std only come with several seeds).
 SUMMARY_KEYS = ("acc", "acc_std", "bwt", "bwt_std", "forgetting", "forgetting_std", "trainable_params", "seconds")
@@ -111,19 +112,10 @@ def matrix_columns(size: int) -> List[str]:
     return ["after_task", *(f"task_{j + 1}" for j in range(size))]
 
 
-@contextlib.contextmanager
 def artifacts_staged_in(directory: str):
     """W&B copies every logged table into a staging folder that ``wandb sync`` uploads later; by default that
     folder is in the home directory. Staging beside the runs keeps a sweep's W&B data in one place."""
-    before = os.environ.get("WANDB_DATA_DIR")
-    os.environ["WANDB_DATA_DIR"] = directory
-    try:
-        yield
-    finally:
-        if before is None:
-            os.environ.pop("WANDB_DATA_DIR", None)
-        else:
-            os.environ["WANDB_DATA_DIR"] = before
+    return environment.scoped({"WANDB_DATA_DIR": directory})
 
 
 def run_id(sweep_name: str, key: str) -> str:
@@ -179,7 +171,7 @@ class WandbRuns(tune.Callback):
     def on_trial_start(self, iteration, trials, trial, **info):
         if trial.trial_id in self.runs:
             return
-        cfg = sweep.trial_run_config(self.plan.run_settings(), trial.config)
+        cfg = trial_run_config(self.plan.run_settings(), trial.config)
         config = resolved(cfg)
         config["seeds"] = self.plan.trial_seeds(cfg)
         run = self._init(trial.trial_id, trial.trial_id, config)
@@ -219,7 +211,7 @@ class WandbRuns(tune.Callback):
         run.finish()
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        self._finish(trial, sweep.trial_status(trial.last_result))
+        self._finish(trial, trial_status(trial.last_result))
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self._finish(trial, "ERROR")

@@ -1,0 +1,24 @@
+"""Sweeps on Ray Tune, in parts that each own one thing (imports point down the list):
+
+- ``space``: search-space files, parsed and checked without Ray, torch or Optuna;
+- ``plan``: everything decided before any work, and the plan a resume continues;
+- ``trial``: the worker side, one trial through its own task stream on each seed;
+- ``callbacks`` and ``dashboards``: the driver side, the output lines, the results table, W&B runs;
+- ``tuner``: Ray and the Tuner; ``driver``: one sweep from settings to results (the Python API);
+- ``__main__``: ``python -m ness_sweep.sweep`` (also ``python -m ness_sweep.run``).
+
+``ness_sweep.sweep(...)`` itself runs a sweep: see ``driver.sweep``.
+"""
+
+from __future__ import annotations
+
+from .. import callable_module
+
+
+def _sweep(*args, **settings):
+    from .driver import sweep  # on first call: the torch-free modules above import without Ray
+
+    return sweep(*args, **settings)
+
+
+callable_module(__name__, _sweep)

@@ -1,0 +1,59 @@
+"""The sweep command: ``python -m ness_sweep.run space=NAME [key=value ...]`` (or ``python -m ness_sweep.sweep``).
+
+Runs a Ray Tune sweep over a search space (``search_spaces/NAME.yaml`` or a path to your own file),
+prints one line per finished trial, then the leaderboard with the ``python -m ness_sweep.train ...``
+line that reruns the best configuration, and writes that configuration to ``best.yaml``. Bad input
+exits with code 2 before anything is started or created.
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from typing import List, Optional
+
+from .. import environment
+from ..config import SweepConfig, UserError, help_text
+from .driver import resume_command, sweep
+from .space import known_spaces
+
+
+USAGE = """usage: python -m ness_sweep.run space=NAME [key=value ...]
+
+Sweep NESS's hyperparameters with Ray Tune (Optuna search, ASHA early stopping, one W&B run per trial).
+NAME is a shipped space ({spaces}) or a path to a space file.
+Results: OUTPUT_DIR/SWEEP_NAME/results.parquet and best.yaml; `python -m ness_sweep.report DIR` reprints them.
+resume=true sweep.name=NAME continues an interrupted sweep with its stored plan.
+Keys, their defaults and what they mean (a space's fixed values and sweep defaults come between these and the
+command line):
+"""
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    address = next((a.partition("=")[2] for a in argv if a.startswith("ray.address=")), None)
+    environment.bind_ray_to_loopback(address)  # first: whatever imports Ray later must find it set
+    if any(a in ("-h", "--help", "help") for a in argv):
+        print(USAGE.format(spaces=", ".join(known_spaces())) + help_text(SweepConfig))
+        return 0
+    try:
+        result = sweep(*argv)
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    from ..report import leaderboard
+
+    print(leaderboard(result.table))
+    if result.unfinished:
+        print(f"{result.unfinished} trials unfinished; continue with: {shlex.join(resume_command(result.folder))}")
+    if result.best_yaml:
+        print(f"best configuration written to {result.best_yaml} "
+              f"(a preset: python -m ness_sweep.train preset={result.best_yaml})")
+    if result.upload_hint:
+        print(result.upload_hint)
+    print(f"sweep took {result.seconds:.1f} s; python -m ness_sweep.report {result.folder.location} prints this again")
+    return 1 if result.unfinished else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,146 @@
+"""The driver side of a sweep: Tune callbacks that print one line per trial and keep ``results.parquet``."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, Optional
+
+from ray import tune
+from ray.tune.experiment import Trial
+
+from .. import results
+from ..results import Status
+from ..config import flatten, resolved
+from .plan import SweepPlan, _column_types, trial_run_config
+
+
+TUNE_ENDED = (Trial.TERMINATED, Trial.ERROR)  # Tune's own states of a trial that will not run again
+
+
+def trial_status(result: Dict[str, Any], errored: bool = False) -> str:
+    """How a trial ended, from its last report."""
+    if errored:
+        return Status.ERROR
+    if result.get("acc") is not None:
+        return Status.TERMINATED
+    if result.get("diverged"):
+        return Status.DIVERGED
+    return Status.STOPPED
+
+
+def _error_text(trial) -> Optional[str]:
+    """The trial's whole error (Ray's traceback included): the table keeps it all."""
+    text = str(trial.get_error() or "").strip()
+    return text or None
+
+
+def _error_line(trial) -> str:
+    """The error in one line for the sweep's output: its last non-empty line, the exception itself."""
+    lines = [line.strip() for line in (_error_text(trial) or "").splitlines() if line.strip()]
+    return lines[-1] if lines else "the trial failed without a message"
+
+
+def _short_params(params: Dict[str, Any]) -> str:
+    return " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
+
+
+class ProgressLines(tune.Callback):
+    """One line per finished trial instead of Tune's status tables."""
+
+    def __init__(self, plan: SweepPlan, num_tasks: int, out: Callable[[str], None]):
+        self.plan, self.num_tasks, self.out = plan, num_tasks, out
+
+    def _line(self, trials, trial, text: str) -> None:
+        ended = {t.trial_id for t in trials if t.status in TUNE_ENDED} | {trial.trial_id}
+        width = len(str(self.plan.num_samples))
+        self.out(f"[{len(ended):>{width}}/{self.plan.num_samples}] {trial.trial_id}  {text}  "
+                 f"{_short_params(trial.config)}")
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        result = trial.last_result
+        status = trial_status(result)
+        if status == Status.TERMINATED:
+            scores = "  ".join(f"{m} {result[m]:6.2f}" for m in ("acc", "bwt"))
+            self._line(trials, trial, f"done     {scores}  ({result['seconds']:.1f} s)")
+        elif status == Status.DIVERGED:
+            self._line(trials, trial, f"diverged at task {result.get('task', 0) + 1}/{self.num_tasks}")
+        else:
+            self._line(trials, trial, f"stopped  after task {result.get('task')}/{self.num_tasks}: "
+                                      f"acc_seen {result.get('acc_seen', float('nan')):.2f}")
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._line(trials, trial, f"error    {_error_line(trial)} (the whole error: the row's error column)")
+
+
+class ResultsTable(tune.Callback):
+    """Rewrites ``results.parquet`` whenever a trial ends, and once more at the end of the sweep."""
+
+    def __init__(self, plan: SweepPlan):
+        self.plan = plan
+        self.columns = _column_types(plan)
+        self.schema = results.make_schema(self.columns, {
+            "sweep": plan.name,
+            "space": plan.space.source,
+            "metrics": plan.metrics,
+            "modes": plan.modes,
+            "searched": list(plan.space.search),
+            "config_columns": [name for name, _ in self.columns],
+        })
+        self.settings = plan.run_settings()
+        self.statuses: Dict[str, str] = {}  # trial id -> how it ended, as seen here
+        self.ended_before: Optional[set] = None
+        self.configs: Dict[str, Dict[str, Any]] = {}  # trial id -> config columns (merging is slow-ish)
+
+    def config_cells(self, trial) -> Dict[str, Any]:
+        if trial.trial_id not in self.configs:
+            cfg = trial_run_config(self.settings, trial.config)
+            config = flatten(resolved(cfg))
+            self.configs[trial.trial_id] = {key: config[key] for key, _ in self.columns}
+            self.configs[trial.trial_id]["seeds"] = self.plan.trial_seeds(cfg)
+        return self.configs[trial.trial_id]
+
+    def note_ended_before(self, trials) -> None:
+        """Trials already ended when this run first sees them: finished before a resume."""
+        if self.ended_before is None:
+            self.ended_before = {t.trial_id for t in trials if t.status in TUNE_ENDED}
+
+    def on_step_begin(self, iteration, trials, **info):
+        self.note_ended_before(trials)
+
+    def status(self, trial, running: bool = True) -> str:
+        """How the trial ended, or PENDING / RUNNING / PAUSED while the sweep runs and UNFINISHED after
+        (Tune marks trials it stops on an interrupt TERMINATED; resume=true continues them)."""
+        if trial.trial_id in self.statuses:
+            return self.statuses[trial.trial_id]
+        if trial.trial_id in (self.ended_before or ()):
+            return trial_status(trial.last_result or {}, errored=trial.status == Trial.ERROR)
+        return trial.status if running else Status.UNFINISHED
+
+    def row(self, trial, running: bool) -> Dict[str, Any]:
+        result = trial.last_result or {}
+        status = self.status(trial, running)
+        row = {"trial_id": trial.trial_id, "status": status, "node_ip": result.get("node_ip"),
+               "node_id": result.get("node_id"), **self.config_cells(trial)}
+        for name, _ in results.METRIC_COLUMNS:
+            if name not in row:
+                row[name] = result.get(name)
+        row["acc_seen_per_task"] = [entry["acc_seen"] for entry in result.get("history", [])] or None
+        if status == Status.ERROR:
+            row["error"] = _error_text(trial)
+        return row
+
+    def write(self, trials, running: bool = True) -> None:
+        folder = self.plan.folder
+        results.write_table([self.row(t, running) for t in trials], self.schema, folder.filesystem,
+                            folder.path(folder.TABLE))
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self.statuses[trial.trial_id] = trial_status(trial.last_result)
+        self.write(trials)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self.statuses[trial.trial_id] = Status.ERROR
+        self.write(trials)
+
+    def on_experiment_end(self, trials, **info):
+        self.note_ended_before(trials)  # a resumed sweep with nothing left to run takes no step
+        self.write(trials, running=False)

@@ -1,0 +1,65 @@
+"""One sweep, from settings to results: the Python API (``ness_sweep.sweep(...)``) and the command's core."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Optional
+
+import pyarrow as pa
+
+from .. import environment
+from ..config import SweepConfig, arguments, parse_overrides
+from ..results import Status, SweepFolder
+
+
+@dataclass
+class SweepResult:
+    """What a sweep leaves: its table, its folder, and its best trial (the first of a Pareto front)."""
+
+    table: pa.Table
+    folder: SweepFolder
+    seconds: float
+    concurrency: int
+    best: Optional[Dict[str, Any]]  # the best row of the table, None when no trial finished
+    best_config: Optional[Dict[str, Any]]  # the best trial's run settings (dotted keys), as best.yaml holds them
+    best_yaml: Optional[str]  # where best.yaml was written
+    unfinished: int  # trials neither finished nor stopped: resume=true continues them
+    upload_hint: Optional[str]  # how to upload offline W&B runs
+
+    def to_pandas(self):
+        return self.table.to_pandas()
+
+
+def sweep(*args: str, out: Callable[[str], None] = print, **settings: Any) -> SweepResult:
+    """Run a sweep with the command line's settings: ``key=value`` strings, keyword arguments, or both
+    (``sweep("space=smoke", train={"epochs": 1})``; dotted keys as ``**{"train.lr": 0.1}``). Bad input raises
+    ``UserError`` before Ray starts or anything is created. Uses a Ray already running in the process."""
+    argv = [*args, *arguments(settings)]
+    environment.bind_ray_to_loopback(parse_overrides(argv).get("ray", {}).get("address"))
+    from ..report import row_settings, write_best_config
+    from .dashboards import check_login, sync_hint
+    from .plan import build_plan
+    from .tuner import run_sweep
+
+    plan = build_plan(argv)
+    check_login(plan.cfg)
+    outcome = run_sweep(plan, out)
+    best_yaml = write_best_config(outcome.table, outcome.sweep_dir)
+    best = _best(outcome.table)
+    statuses = outcome.table.column("status").to_pylist()
+    return SweepResult(outcome.table, plan.folder, outcome.seconds, outcome.concurrency, best,
+                       row_settings(best, outcome.table) if best else None, best_yaml,
+                       sum(status not in Status.ENDED for status in statuses), sync_hint(plan.cfg, outcome.sweep_dir))
+
+
+def _best(table: pa.Table) -> Optional[Dict[str, Any]]:
+    from ..results import best_rows
+
+    rows = best_rows(table)
+    return rows[0] if rows else None
+
+
+def resume_command(folder: SweepFolder) -> List[str]:
+    """The command that continues an interrupted sweep: its name (and folder) alone, the plan is stored."""
+    where = [f"output_dir={folder.output_dir}"] if folder.output_dir != SweepConfig.output_dir else []
+    return ["python", "-m", "ness_sweep.run", f"sweep.name={folder.name}", *where, "resume=true"]

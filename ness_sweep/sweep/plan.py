@@ -1,0 +1,410 @@
+"""The plan: everything a sweep decides before any work, checked before Ray starts or anything is created.
+
+``build_plan`` layers the schema, the space's fixed values and sweep defaults, a preset and the command line
+(``config.layered``), checks them, and names the sweep. ``resume_plan`` reads the plan a sweep stored in its
+folder (``plan.yaml``) and continues exactly it, refusing a command line that would change results.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import math
+import os
+import socket
+import tempfile
+import typing
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from .. import results
+from ..benchmarks import STREAM_KEYS, stream_settings
+from ..config import (RunConfig, SweepConfig, SweepSettings, UserError, first_line, flatten, joins_cluster,
+                      load_sweep_config, merge_onto, parse_overrides, resolved, schema_types, unflatten, validate_run,
+                      validate_sweep)
+from .space import Distribution, SearchSpace, known_spaces, load_space, space_from_record
+
+
+NATURAL_MODE = {"acc": "max", "bwt": "max", "forgetting": "min"}  # the sweep's possible objectives
+
+
+DEFAULT_NUM_SAMPLES = 10
+
+
+# Keys a resume may change: where and how fast the sweep runs, never what a trial trains.
+RESUME_MAY_CHANGE = ("resume", "output_dir", "sweep.name", "sweep.max_concurrent", "ray.address", "wandb.mode",
+                     "trial.max_failures")
+
+
+MAX_STREAMS = 16  # distinct task streams a sweep may hold in Ray's object store (searched stream-shaping keys)
+
+
+CLUSTER_CONNECT_TIMEOUT_S = 30.0
+
+# Run-config keys that are not columns of the results table: seeds get their own column, the rest
+# only steer a single run's command line.
+NOT_COLUMNS = ("seed", "seeds", "output", "preset")
+
+
+@dataclass
+class SweepPlan:
+    cfg: DictConfig  # the SweepConfig every trial starts from: schema < space < preset < command line
+    space: SearchSpace  # searched keys that the command line did not fix
+    metrics: List[str]
+    modes: List[str]
+    scheduler: str  # asha | fifo
+    num_samples: int
+    seeds: Optional[List[int]]  # every trial runs each of these; None when the space searches `seed`
+    name: str
+    device: str  # what trials train on: cpu, cuda, cuda:N
+    command_line: List[str] = dataclasses.field(default_factory=list)  # as the sweep was started
+
+    @property
+    def folder(self) -> results.SweepFolder:
+        return results.SweepFolder(str(self.cfg.output_dir), self.name)
+
+    @property
+    def sweep_dir(self) -> str:
+        return self.folder.location
+
+    def run_settings(self) -> Dict[str, Any]:
+        """The run-config part every trial starts from, with the device resolved."""
+        everything = resolved(self.cfg)
+        settings = {f.name: everything[f.name] for f in dataclasses.fields(RunConfig)}
+        settings.update(device=self.device, seeds=None)
+        if self.seeds:
+            settings["seed"] = self.seeds[0]
+        return settings
+
+    def trial_seeds(self, cfg: DictConfig) -> List[int]:
+        """The seeds one trial runs: the sweep's, or the trial's own (sampled) seed."""
+        return list(self.seeds) if self.seeds else [int(cfg.seed)]
+
+    def record(self) -> Dict[str, Any]:
+        """What ``plan.yaml`` holds: enough to continue exactly this plan (``resume_plan``)."""
+        space = self.space
+        return {"name": self.name, "command_line": list(self.command_line), "config": resolved(self.cfg),
+                "space": {"name": space.name, "source": space.source, "description": space.description,
+                          "search": {k: {d.kind: list(d.values)} for k, d in space.search.items()},
+                          "fixed": space.fixed, "sweep": space.sweep},
+                "metrics": self.metrics, "modes": self.modes, "scheduler": self.scheduler,
+                "num_samples": self.num_samples, "seeds": self.seeds, "device": self.device}
+
+
+def build_plan(args: List[str], now: Optional[datetime] = None) -> SweepPlan:
+    """Parse and validate everything; raises UserError (one line) before anything is created.
+    ``resume=true`` continues the plan stored in the sweep's folder (``resume_plan``)."""
+    overrides = parse_overrides(args)
+    if overrides.get("resume") is True:
+        return resume_plan(args, overrides)
+    if not overrides.get("space"):
+        raise UserError(f"space: required; known spaces: {', '.join(known_spaces())} (or a path to a .yaml file)")
+    space = load_space(str(overrides.space))
+    run_keys = schema_types(RunConfig)
+    for section, keys in (("search", space.search), ("fixed", space.fixed)):
+        for key in keys:
+            if key not in run_keys:
+                raise UserError(f"{space.source}: {section}.{key}: unknown key; spaces search and fix run "
+                                  "settings such as train.lr or ness.threshold (python -m ness_sweep.train --help)")
+    where_trials_run = {"ray": OmegaConf.to_container(overrides).get("ray", {})}  # a cluster's GPUs are not here
+    for key, value in space.fixed.items():
+        _checked(lambda: validate_run(merge_onto(SweepConfig, where_trials_run, unflatten({key: value}))),
+                 f"{space.source}: fixed.{key}")
+    _checked(lambda: merge_onto(SweepSettings, space.sweep), f"{space.source}: sweep")
+    cfg = load_sweep_config(list(args), base=[unflatten(space.fixed), {"sweep": space.sweep}])
+    plan = _complete_plan(cfg, space, list(args))
+    plan.name = _sweep_name(plan, now or datetime.now())
+    check_writable(plan.cfg.output_dir, plan.name)
+    return plan
+
+
+def _complete_plan(cfg: DictConfig, space: SearchSpace, command_line: List[str]) -> SweepPlan:
+    """Check the validated config against the space and decide objectives, scheduler, seeds and device."""
+    if joins_cluster(cfg):
+        check_cluster_reachable(cfg)
+    else:
+        check_local_resources(cfg)
+    given = flatten(OmegaConf.to_container(parse_overrides(command_line)))
+    searched = {key: dist for key, dist in space.search.items() if key not in given}
+    if not searched:
+        raise UserError(f"space={space.name}: the command line fixes every searched key "
+                          f"({', '.join(space.search)}); nothing is left to search")
+    space = dataclasses.replace(space, search=searched)
+    everything = resolved(cfg)
+    for key, dist in searched.items():
+        for value in dist.values:  # every sample lies between the bounds (or is an option): check those
+            _checked(lambda: validate_run(merge_onto(SweepConfig, everything, unflatten({key: value}))),
+                     f"{space.source}: search.{key}: {dist.kind} value {value!r}")
+    metrics, modes = _objectives(cfg, given)
+    scheduler = cfg.sweep.scheduler or ("asha" if len(metrics) == 1 else "fifo")
+    listed = cfg.trial.seeds or cfg.seeds
+    if "seed" in searched and listed:
+        raise UserError(f"{space.source}: search.seed: the space searches the seed, so trial.seeds / seeds "
+                          "cannot fix it too; drop one of them")
+    seeds = None if "seed" in searched else list(listed or [cfg.seed])
+    plan = SweepPlan(cfg, space, metrics, modes, scheduler, cfg.sweep.num_samples or DEFAULT_NUM_SAMPLES,
+                     seeds, name=str(cfg.sweep.name or ""), device=_trial_device(cfg), command_line=command_line)
+    _column_types(plan)  # choice options of mixed types fail here, not at the end of the sweep
+    stream_variants(plan)  # searched stream-shaping keys: finitely many streams, or refused here
+    return plan
+
+
+def resume_plan(args: List[str], overrides: DictConfig) -> SweepPlan:
+    """The plan stored in ``OUTPUT_DIR/NAME/plan.yaml``, with only the keys in ``RESUME_MAY_CHANGE`` taken
+    from this command line; any other key that differs from the stored plan is refused, naming the keys."""
+    name = overrides.get("sweep", {}).get("name")
+    if not name:
+        raise UserError("resume=true: give sweep.name=NAME of the sweep to continue")
+    output_dir = str(overrides.get("output_dir") or SweepConfig.output_dir)
+    folder = results.SweepFolder(output_dir, str(name))
+    if "/" in folder.name or not folder.exists():
+        raise UserError(f"resume=true: no sweep {name} in {output_dir} to resume")
+    if not folder.exists(folder.PLAN):
+        raise UserError(f"resume=true: {folder.location} has no {folder.PLAN} (started by an older ness_sweep, "
+                        "or not a sweep folder): its plan is unknown, so it cannot be continued safely")
+    try:
+        with folder.filesystem.open_input_stream(folder.path(folder.PLAN)) as stream:
+            record = OmegaConf.to_container(OmegaConf.create(stream.read().decode()))
+        stored = merge_onto(SweepConfig, record["config"])
+        space = space_from_record(record["space"])
+        stored_line = flatten(OmegaConf.to_container(parse_overrides(record["command_line"])))
+    except (UserError, KeyError, TypeError, ValueError, OmegaConfBaseException) as error:
+        raise UserError(f"{folder.shown(folder.PLAN)}: unreadable plan ({first_line(error)})") from None
+    given = flatten(OmegaConf.to_container(overrides))
+    stored_values = flatten(resolved(stored))
+    changed, allowed = [], {}
+    for key, value in given.items():
+        if key in RESUME_MAY_CHANGE:
+            allowed[key] = value
+        elif key in ("space", "preset"):
+            if str(stored_line.get(key)) != str(value):
+                changed.append(key)
+        elif flatten(resolved(merge_onto(SweepConfig, record["config"], unflatten({key: value}))))[key] != stored_values[key]:
+            changed.append(key)
+    if changed:
+        raise UserError(f"resume=true: {', '.join(changed)} differ from the plan the sweep started with "
+                        f"({folder.shown(folder.PLAN)}); a resume continues that plan, and may change only "
+                          f"{', '.join(k for k in RESUME_MAY_CHANGE if k not in ('resume', 'sweep.name'))}")
+    cfg = merge_onto(SweepConfig, record["config"], unflatten(allowed),
+                     {"resume": True, "output_dir": output_dir, "sweep": {"name": str(name)}})
+    validate_run(cfg)
+    validate_sweep(cfg)
+    plan = _complete_plan(cfg, space, list(record["command_line"]))
+    plan.name = str(name)
+    check_writable(output_dir, plan.name)
+    return plan
+
+
+def write_plan(plan: SweepPlan) -> None:
+    """``plan.yaml``: the resolved plan and the command line, the only thing ``resume=true`` continues."""
+    text = ("# The plan this sweep started with; `resume=true sweep.name=NAME` continues exactly this plan.\n"
+            + OmegaConf.to_yaml(OmegaConf.create(plan.record())))
+    results.write_atomically(plan.folder.filesystem, plan.folder.path(plan.folder.PLAN), text.encode())
+
+
+def check_writable(output_dir: str, name: str) -> None:
+    """The sweep folder can be made and written: checked by making (and removing) a probe in the nearest
+    folder that exists, so a bad ``output_dir`` or ``sweep.name`` fails before Ray starts and leaves nothing."""
+    fs, root = results.filesystem_and_path(output_dir)
+    if not isinstance(fs, pafs.LocalFileSystem):
+        return
+    target = Path(root) / name
+    existing = target
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UserError(f"output_dir={output_dir}: {existing} is a file, not a folder")
+    longest = os.pathconf(existing, "PC_NAME_MAX")
+    for part in target.relative_to(existing).parts:
+        if len(part.encode()) > longest:
+            key = "sweep.name" if part == name else "output_dir"
+            raise UserError(f"{key}: {part[:40]}... is {len(part.encode())} bytes long; names here may have "
+                              f"at most {longest}")
+    try:
+        tempfile.TemporaryDirectory(dir=existing, prefix=".ness_sweep-probe-").cleanup()
+    except OSError as error:
+        raise UserError(f"output_dir={output_dir}: cannot create folders in {existing} "
+                          f"({error.strerror or first_line(error)})") from None
+
+
+def _checked(check: Callable[[], Any], where: str) -> None:
+    try:
+        check()
+    except UserError as error:
+        raise UserError(f"{where}: {error}") from None
+
+
+def _objectives(cfg: DictConfig, command_line: Dict[str, Any]) -> Tuple[List[str], List[str]]:
+    """Metrics and modes; a metric named on the command line brings its natural mode unless a mode is given too."""
+    metric = cfg.sweep.metric if cfg.sweep.metric is not None else "acc"
+    metrics = [metric] if isinstance(metric, str) else list(metric)
+    for m in metrics:
+        if m not in NATURAL_MODE:
+            raise UserError(f"sweep.metric={m}: must be one of {', '.join(NATURAL_MODE)} (or a list of them)")
+    if len(set(metrics)) != len(metrics) or not metrics:
+        raise UserError(f"sweep.metric={metrics}: list each metric once")
+    mode = cfg.sweep.mode
+    if mode is None or ("sweep.metric" in command_line and "sweep.mode" not in command_line):
+        mode = [NATURAL_MODE[m] for m in metrics]
+    modes = [mode] * len(metrics) if isinstance(mode, str) else list(mode)
+    if len(modes) != len(metrics) or any(m not in ("max", "min") for m in modes):
+        raise UserError(f"sweep.mode={mode}: give max or min for each of {', '.join(metrics)}")
+    return metrics, modes
+
+
+def _trial_device(cfg: DictConfig) -> str:
+    """``device=auto`` means the GPU share a trial asks for (trial.gpu), else the CPU. Ray shows a trial only
+    the GPU it was given, as ``cuda:0``: CUDA without trial.gpu, or another index, cannot work."""
+    if cfg.device.startswith("cuda") and cfg.trial.gpu <= 0:
+        raise UserError(f"device={cfg.device}: a trial sees a GPU only when it asks for one; set trial.gpu "
+                          "(e.g. trial.gpu=0.25 for four trials per GPU) or device=auto")
+    if cfg.device.startswith("cuda:") and cfg.device != "cuda:0":
+        raise UserError(f"device={cfg.device}: Ray shows each trial only its own GPU, as cuda:0; "
+                          "use device=cuda or device=auto")
+    if cfg.device != "auto":
+        return cfg.device
+    return "cuda" if cfg.trial.gpu > 0 else "cpu"
+
+
+def _sweep_name(plan: SweepPlan, now: datetime) -> str:
+    """sweep.name, or the space's name and the time; an existing sweep is never overwritten."""
+    cfg = plan.cfg
+    fs, root = results.filesystem_and_path(cfg.output_dir)
+    if cfg.sweep.name:
+        name = str(cfg.sweep.name)
+        if "/" in name or name in (".", ".."):
+            raise UserError(f"sweep.name={name}: must be a plain name, not a path")
+        if results.exists(fs, f"{root}/{name}"):
+            raise UserError(f"sweep.name={name}: {cfg.output_dir}/{name} exists; pick another name, "
+                              "or resume=true to continue it")
+        return name
+    name = f"{plan.space.name}-{now:%Y%m%d-%H%M%S}"
+    candidate, n = name, 1
+    while results.exists(fs, f"{root}/{candidate}"):
+        n += 1
+        candidate = f"{name}-{n}"
+    return candidate
+
+
+def machine_cpus() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def check_local_resources(cfg: DictConfig) -> None:
+    """A trial asking for more than this machine has would wait forever: say so before starting."""
+    cpus = machine_cpus()
+    if cfg.trial.cpu > cpus:
+        raise UserError(f"trial.cpu={cfg.trial.cpu}: this machine has {cpus} CPUs")
+    import torch  # here: planning needs torch only to count GPUs
+
+    gpus = torch.cuda.device_count() if cfg.trial.gpu > 0 else 0
+    if cfg.trial.gpu > gpus:
+        raise UserError(f"trial.gpu={cfg.trial.gpu}: this machine has {gpus} CUDA GPUs "
+                          "(or join a cluster with ray.address=auto)")
+
+
+def check_cluster_reachable(cfg: DictConfig) -> None:
+    """A ``host:port`` cluster address that nothing answers on would make Ray wait for minutes: try it first,
+    for at most ``CLUSTER_CONNECT_TIMEOUT_S``. ``auto`` and ``ray://`` addresses are left to Ray."""
+    address = str(cfg.ray.address or os.environ.get("RAY_ADDRESS") or "")
+    host, _, port = address.rpartition(":")
+    if "://" in address or not host or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host, int(port)), timeout=CLUSTER_CONNECT_TIMEOUT_S).close()
+    except OSError as error:
+        raise UserError(f"ray.address={address}: no Ray cluster answers there "
+                          f"({error.strerror or first_line(error)}); start one (`ray start --head`) or fix the address") from None
+
+
+def trial_run_config(settings: Dict[str, Any], params: Dict[str, Any]) -> DictConfig:
+    """The run config of one trial: the sweep's settings with the sampled values, validated."""
+    cfg = merge_onto(RunConfig, settings, unflatten(params))
+    validate_run(cfg)
+    return cfg
+
+
+def stream_key(settings: Dict[str, Any]) -> str:
+    """A stream's identity: its stream-shaping settings (``data.stream_settings``) as canonical JSON."""
+    return json.dumps(settings, sort_keys=True)
+
+
+def stream_variants(plan: SweepPlan) -> Dict[str, Tuple[DictConfig, int]]:
+    """Every stream some trial may train on, keyed by ``stream_key``: a run config and seed that make it.
+
+    Searched keys that shape the stream (``data.STREAM_KEYS``) take each of their options: choice, or
+    every integer of an int range. A continuous distribution over such a key would need a new stream per
+    trial, and more than ``MAX_STREAMS`` streams would crowd the object store: both are refused.
+    """
+    options = {}
+    for key, dist in plan.space.search.items():
+        if key not in STREAM_KEYS:
+            continue
+        if dist.kind in ("uniform", "loguniform"):
+            raise UserError(f"{plan.space.source}: search.{key}: {key} shapes the task stream, which the driver "
+                              f"loads once per value; search it with choice (or int), not {dist.kind}")
+        options[key] = list(range(dist.values[0], dist.values[1] + 1)) if dist.kind == "int" else list(dist.values)
+    count = math.prod(len(values) for values in options.values()) * len(plan.seeds or [None])
+    if count > MAX_STREAMS:
+        raise UserError(f"{plan.space.source}: the searched stream-shaping keys ({', '.join(options)}) give {count} "
+                          f"task streams; a sweep holds at most {MAX_STREAMS}: search fewer values")
+    variants = {}
+    for combo in itertools.product(*options.values()):
+        cfg = trial_run_config(plan.run_settings(), dict(zip(options, combo)))
+        for seed in plan.trial_seeds(cfg):
+            variants.setdefault(stream_key(stream_settings(cfg, seed)), (cfg, seed))
+    return variants
+
+
+def _column_types(plan: SweepPlan) -> List[Tuple[str, pa.DataType]]:
+    """One typed column per run-config key: the schema's type, or for free-typed keys (ness.rank: a count
+    or a fraction) the type the space samples or the value has."""
+    hints = schema_types(RunConfig)
+    columns = []
+    for key, value in flatten(plan.run_settings()).items():
+        if key in NOT_COLUMNS and key not in plan.space.search:  # a searched seed is a column of its own
+            continue
+        hint = hints[key]
+        if hint is Any and key in plan.space.search:
+            kind = _distribution_type(plan.space.search[key], f"{plan.space.source}: search.{key}")
+        elif hint is Any:
+            kind = _value_type(value)
+        else:
+            kind = _hint_type(hint)
+        columns.append((key, kind))
+    return columns
+
+
+def _hint_type(hint: Any) -> pa.DataType:
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if typing.get_origin(hint) is typing.Union:
+        return _hint_type(args[0])
+    if typing.get_origin(hint) in (list, List):
+        return pa.list_(_hint_type(args[0]))
+    return {bool: pa.bool_(), int: pa.int64(), float: pa.float64(), str: pa.string()}[hint]
+
+
+def _value_type(value: Any) -> pa.DataType:
+    if value is None:
+        return pa.float64()
+    return _hint_type(type(value))
+
+
+def _distribution_type(dist: Distribution, where: str) -> pa.DataType:
+    if dist.kind in ("loguniform", "uniform"):
+        return pa.float64()
+    if dist.kind == "int":
+        return pa.int64()
+    kinds = {_value_type(v) for v in dist.values if v is not None}
+    if len(kinds) > 1:
+        raise UserError(f"{where}: choice options must share one type here (an int rank is a count, "
+                          f"a float a fraction); got {list(dist.values)}")
+    return kinds.pop() if kinds else pa.float64()

@@ -74,11 +74,11 @@ class NessSettings:
 class RunConfig:
     """Everything one training run needs (``python -m ness_sweep.train``)."""
 
-    benchmark: str = setting("permuted_digits", "a registered task stream (listed above) or an import path "
+    benchmark: str = setting("permuted_digits", "a registered task stream (listed below) or an import path "
                                                 "module:function")
     data_root: str = setting("~/.cache/ness_sweep", "where data files are read from (and downloaded to)")
     download: bool = setting(True, "fetch missing CIFAR / MNIST / Fashion-MNIST / SVHN files through torchvision")
-    model: str = setting("auto", "auto (the benchmark's default), a registered model (listed above), or an "
+    model: str = setting("auto", "auto (the benchmark's default), a registered model (listed below), or an "
                                  "import path module:function")
     method: str = setting("ness", "ness (null-space adapters) or finetune (the forgetting baseline)")
     seed: int = setting(0, "seeds splits, permutations, task order and initialisation")
@@ -105,7 +105,8 @@ class SweepSettings:
                                              "one metric)")
     max_concurrent: Optional[int] = setting(None, "trials at once at most (default: what the resources hold)")
     seed: int = setting(0, "seeds Optuna: the same command proposes the same configurations")
-    progress_s: float = setting(30.0, "seconds between progress lines of running trials and the status line")
+    progress_s: float = setting(30.0, "seconds between progress lines of running trials and the status line "
+                                      "(0: none)")
 
 
 @dataclass
@@ -296,6 +297,7 @@ def validate_sweep(cfg: DictConfig) -> None:
     _require(cfg.wandb.mode in ("offline", "online", "disabled"), "wandb.mode", cfg.wandb.mode,
              "must be offline, online or disabled")
     s = cfg.sweep
+    _require(s.progress_s >= 0, "sweep.progress_s", s.progress_s, "must be >= 0 (0 turns the progress lines off)")
     if s.num_samples is not None:
         _require(s.num_samples >= 1, "sweep.num_samples", s.num_samples, "must be >= 1")
     if s.max_concurrent is not None:

@@ -20,6 +20,7 @@ from ..data import TaskStream
 from ..metrics import mean_std, seen_accuracy
 from ..trainer import global_rng_state, make_trainer, set_global_rng_state
 from .plan import stream_key, trial_run_config
+from .progress import EpochSender
 
 
 class SeedTrainer:
@@ -29,10 +30,10 @@ class SeedTrainer:
     as running them one after another, as ``ness_sweep.train seeds=[...]`` does.
     """
 
-    def __init__(self, cfg: DictConfig, seed: int, stream: TaskStream):
+    def __init__(self, cfg: DictConfig, seed: int, stream: TaskStream, on_epoch=None):
         cfg = cfg.copy()
         cfg.seed = seed
-        self.trainer = make_trainer(cfg, stream, log=None)  # seeds the global generators
+        self.trainer = make_trainer(cfg, stream, log=None, on_epoch=on_epoch)  # seeds the global generators
         self.rng = global_rng_state(self.trainer.device)
 
     @property
@@ -135,7 +136,7 @@ def _trial_checkpoints(checkpoint: tune.Checkpoint) -> List[tune.Checkpoint]:
 
 
 def run_trial(params: Dict[str, Any], streams: Dict[str, Any], settings: Dict[str, Any],
-              seeds: Optional[List[int]]) -> None:
+              seeds: Optional[List[int]], progress: Optional[EpochSender] = None) -> None:
     """One Tune trial: train through the stream of its own settings on each seed, report after every task.
 
     ``streams`` maps ``stream_key`` to an object-store reference of each stream the driver loaded; a trial
@@ -145,18 +146,20 @@ def run_trial(params: Dict[str, Any], streams: Dict[str, Any], settings: Dict[st
     ``started_at_task`` says where this attempt began. A trial restored after its last task (the driver
     died before Tune recorded it as done) reports its result again and trains nothing.
     A diverging loss (FloatingPointError) ends the trial with ``diverged``: a legitimate outcome of a
-    search over learning rates, not a failure worth retrying.
+    search over learning rates, not a failure worth retrying. ``progress`` posts each seed's newest epoch
+    to the driver's live progress (never through ``tune.report``).
     """
     cfg = trial_run_config(settings, params)
     torch.set_num_threads(cfg.threads)
-    runs = []
-    for seed in seeds or [int(cfg.seed)]:
+    runs, trial_id, seeds = [], tune.get_context().get_trial_id(), seeds or [int(cfg.seed)]
+    for seed in seeds:
         wanted = stream_settings(cfg, seed)
         if stream_key(wanted) not in streams:
             raise RuntimeError(f"no task stream was loaded for this trial's settings {wanted}; refusing to train")
         stream = ray.get(streams[stream_key(wanted)])
         check_stream(stream, cfg, seed)
-        runs.append(SeedTrainer(cfg, seed, stream))
+        poster = progress.poster(trial_id, seed if len(seeds) > 1 else None) if progress else None
+        runs.append(SeedTrainer(cfg, seed, stream, on_epoch=poster))
     states, recovery = load_checkpoint(tune.get_checkpoint())
     for run, state in zip(runs, states or []):
         run.load_state_dict(state)

@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 
 from ness_sweep import report
 from ness_sweep.sweep import dashboards
+from test_optuna_study import assert_study_matches_table
 
 
 def sweep_command(*args):
@@ -182,6 +183,7 @@ def test_a_killed_driver_resumes_without_rerunning_finished_trials(tmp_path):
     for trial_id, row in before.items():  # kept as they were: training again would add to their seconds
         after = next(r for r in rows if r["trial_id"] == trial_id)
         assert (after["acc"], after["seconds"], after["acc_matrix"]) == (row["acc"], row["seconds"], row["acc_matrix"])
+    assert_study_matches_table(sweep_dir)  # optuna.db: its COMPLETE trials are the finished rows, still
     recovered = next(r for r in rows if r["trial_id"] == garbled.parent.name)
     assert f"{garbled.name} unreadable" in recovered["recovery"] and "continued from checkpoint_" in recovered["recovery"]
 

@@ -1,0 +1,150 @@
+"""The sweep's Optuna study on disk (``optuna.db``, SQLite): the searcher that writes it, and where it lives.
+
+Tune pickles the searcher (``tuner.pkl`` at the start, its state at every experiment checkpoint) and a
+resume restores it from those pickles. A pickled SQLite storage would reconnect to the path of the run that
+pickled it (a staging folder since deleted, or a folder the sweep moved from), so the searcher pickles no
+storage: a restored searcher reopens this run's file (``StudyDatabase``) and keeps writing the same study.
+"""
+
+from __future__ import annotations
+
+import pickle
+import tempfile
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+import optuna
+import pyarrow.fs as pafs
+from optuna.trial import TrialState
+from ray.tune.search.optuna import OptunaSearch
+
+TUNE_TRIAL_ID = "trial_id"  # user attribute of each study trial: the Tune trial (results.parquet's trial_id)
+_LIVE = ("_storage", "_ot_study", "_ot_trials")  # a connection to one run's file: never pickled
+
+
+def sqlite_storage(database: str) -> optuna.storages.RDBStorage:
+    return optuna.storages.RDBStorage(f"sqlite:///{database}")
+
+
+class FinalMetricsOptunaSearch(OptunaSearch):
+    """Optuna judges a trial by its final metrics only: per-task reports do not carry them, and a trial
+    the scheduler stopped early (or that diverged) counts as pruned, one that raised as failed. The study's
+    COMPLETE trials are the table's TERMINATED rows, across resumes too."""
+
+    database: Optional[str] = None  # the SQLite file this run writes; None: in memory
+
+    def _complete(self, result: Optional[Dict[str, Any]]) -> bool:
+        metrics = self.metric if isinstance(self.metric, list) else [self.metric]
+        return bool(result) and all(result.get(m) is not None for m in metrics)
+
+    def _ended_in_study(self, trial_id: str) -> Optional[TrialState]:
+        """The study trial's state when it has ended already: a resume runs again a trial whose end the
+        study recorded after Tune's last checkpoint, or (resume_errored) one that had failed."""
+        trial = self._ot_trials.get(trial_id)
+        if trial is None:
+            return None
+        state = self._ot_study._storage.get_trial(trial._trial_id).state
+        return state if state.is_finished() else None
+
+    def suggest(self, trial_id: str) -> Optional[Dict]:
+        self._open_study()
+        new = trial_id not in self._ot_trials
+        params = super().suggest(trial_id)
+        if new:
+            self._ot_trials[trial_id].set_user_attr(TUNE_TRIAL_ID, trial_id)
+        return params
+
+    def on_trial_result(self, trial_id: str, result: Dict[str, Any]) -> None:
+        self._open_study()
+        if self._complete(result) and self._ended_in_study(trial_id) is None:
+            super().on_trial_result(trial_id, result)
+
+    def on_trial_complete(self, trial_id: str, result: Optional[Dict[str, Any]] = None, error: bool = False) -> None:
+        self._open_study()
+        if trial_id not in self._ot_trials:  # a URI sweep's driver died before copying its study back
+            return
+        result = result if self._complete(result) else None
+        ended = self._ended_in_study(trial_id)
+        if ended is None:
+            super().on_trial_complete(trial_id, result, error)
+        elif result and ended != TrialState.COMPLETE:  # failed before, finished now: record the finish
+            self._record_finish_again(trial_id, result)
+        self._completed_trials.add(trial_id)
+
+    def _record_finish_again(self, trial_id: str, result: Dict[str, Any]) -> None:
+        earlier = self._ot_study._storage.get_trial(self._ot_trials[trial_id]._trial_id)
+        metrics = self.metric if isinstance(self.metric, list) else [self.metric]
+        self._ot_study.add_trial(optuna.trial.create_trial(
+            params=earlier.params, distributions=earlier.distributions, user_attrs={TUNE_TRIAL_ID: trial_id},
+            values=[result[m] for m in metrics], state=TrialState.COMPLETE))
+
+    # ---- pickling: Tune saves the search, never the connection ----------------------------------
+
+    def __getstate__(self) -> Dict[str, Any]:
+        """The search without its connection; ``database`` stays, and a resume sets its own."""
+        state = {key: value for key, value in self.__dict__.items() if key not in _LIVE}
+        if self._ot_study is not None:
+            state["_sampler"] = self._ot_study.sampler  # its random state: a resume proposes as the sweep would
+            state["_trial_ids"] = {tune_id: trial._trial_id for tune_id, trial in self._ot_trials.items()}
+        return state
+
+    def __setstate__(self, state: Dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._storage, self._ot_study, self._ot_trials = None, None, {}
+
+    def save(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "wb") as file:
+            pickle.dump(self.__getstate__(), file)
+
+    def restore(self, checkpoint_path: str) -> None:
+        database = self.database
+        with open(checkpoint_path, "rb") as file:
+            self.__setstate__(pickle.load(file))
+        self.database = database
+
+    def _open_study(self) -> None:
+        """After a restore: open this run's file, take the trials the saved search knows back, and fail the
+        study's running trials it does not know (asked after Tune's last checkpoint, before the driver died)."""
+        if self._ot_study is not None:
+            return
+        self._storage = sqlite_storage(self.database) if self.database else None
+        self._setup_study(self._mode)
+        study = self._ot_study
+        stored = {trial._trial_id: trial for trial in study.get_trials(deepcopy=False)}
+        self._ot_trials = {tune_id: optuna.trial.Trial(study, optuna_id)
+                           for tune_id, optuna_id in getattr(self, "_trial_ids", {}).items() if optuna_id in stored}
+        known = {trial._trial_id for trial in self._ot_trials.values()}
+        for optuna_id, trial in stored.items():
+            if trial.state == TrialState.RUNNING and optuna_id not in known:
+                study.tell(trial.number, state=TrialState.FAIL)
+
+
+class StudyDatabase:
+    """Where ``optuna.db`` lives while the sweep runs: in the sweep folder for a local output_dir; for a URI
+    a local copy (SQLite writes only local files), fetched from the folder on resume and copied back at the
+    end (a driver killed meanwhile leaves the folder's copy as the last run ended)."""
+
+    def __init__(self, folder):
+        self.folder = folder
+        self.staging: Optional[tempfile.TemporaryDirectory] = None
+
+    def __enter__(self) -> str:
+        folder = self.folder
+        if isinstance(folder.filesystem, pafs.LocalFileSystem):
+            return folder.path(folder.OPTUNA)
+        self.staging = tempfile.TemporaryDirectory(prefix="ness_sweep_study_")
+        local = str(Path(self.staging.name) / folder.OPTUNA)
+        if folder.exists(folder.OPTUNA):
+            pafs.copy_files(folder.path(folder.OPTUNA), local, source_filesystem=folder.filesystem,
+                            destination_filesystem=pafs.LocalFileSystem())
+        return local
+
+    def __exit__(self, *exc) -> None:
+        if self.staging is None:
+            return
+        folder = self.folder
+        local = Path(self.staging.name) / folder.OPTUNA
+        if local.is_file():
+            pafs.copy_files(str(local), folder.path(folder.OPTUNA), source_filesystem=pafs.LocalFileSystem(),
+                            destination_filesystem=folder.filesystem)
+        self.staging.cleanup()

@@ -1,0 +1,147 @@
+"""The sweep's Optuna study on disk (optuna.db): it matches the table, survives a resume, and Optuna reads it."""
+
+from __future__ import annotations
+
+import pickle
+import shutil
+from pathlib import Path
+
+import optuna
+import pyarrow.parquet as pq
+import pytest
+
+from ness_sweep.sweep import plan as planning, tuner
+from ness_sweep.sweep.study import TUNE_TRIAL_ID
+
+SEARCHED = ("ness.threshold", "train.lr")  # space=smoke
+
+
+def study_of(sweep_dir: Path) -> optuna.Study:
+    storage = optuna.storages.RDBStorage(f"sqlite:///{sweep_dir / 'optuna.db'}")
+    return optuna.load_study(study_name=sweep_dir.name, storage=storage)
+
+
+def assert_study_matches_table(sweep_dir: Path) -> optuna.Study:
+    """The study's COMPLETE trials are exactly the table's TERMINATED rows: same trial, params and ACC."""
+    study = study_of(sweep_dir)
+    metric = "acc"
+    complete = {t.user_attrs[TUNE_TRIAL_ID]: t for t in study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))}
+    rows = {r["trial_id"]: r for r in pq.read_table(sweep_dir / "results.parquet").to_pylist()
+            if r["status"] == "TERMINATED"}
+    assert set(complete) == set(rows) and len(complete) == len(study.get_trials(
+        states=(optuna.trial.TrialState.COMPLETE,)))
+    for trial_id, trial in complete.items():
+        assert trial.value == rows[trial_id][metric]
+        assert trial.params == {key: rows[trial_id][key] for key in trial.params}
+    return study
+
+
+@pytest.fixture(scope="module")
+def asha_sweep(ray_session, tmp_path_factory):
+    """Six trials of space=smoke under ASHA, one epoch a task: some finish, some are stopped early."""
+    output_dir = tmp_path_factory.mktemp("study")
+    plan = planning.build_plan(["space=smoke", "sweep.num_samples=6", "train.epochs=1", "sweep.name=asha",
+                                f"output_dir={output_dir}", "wandb.mode=disabled"])
+    tuner.run_sweep(plan, out=lambda line: None)
+    return output_dir / "asha"
+
+
+def test_the_study_holds_every_trial_and_its_complete_ones_are_the_finished_rows(asha_sweep):
+    study = assert_study_matches_table(asha_sweep)
+    rows = pq.read_table(asha_sweep / "results.parquet").to_pylist()
+    assert len(study.trials) == len(rows) == 6
+    by_id = {t.user_attrs[TUNE_TRIAL_ID]: t for t in study.trials}
+    for row in rows:  # stopped by ASHA or diverged: pruned; raised: failed
+        expected = {"TERMINATED": "COMPLETE", "STOPPED": "PRUNED", "DIVERGED": "PRUNED", "ERROR": "FAIL"}[row["status"]]
+        assert by_id[row["trial_id"]].state.name == expected
+        assert {k: by_id[row["trial_id"]].params[k] for k in SEARCHED} == {k: row[k] for k in SEARCHED}
+
+
+def test_importances_come_from_the_study_on_disk(asha_sweep):
+    study = study_of(asha_sweep)
+    importances = optuna.importance.get_param_importances(
+        study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0))
+    assert set(importances) == set(SEARCHED)
+    assert sum(importances.values()) == pytest.approx(1.0)
+
+
+def test_a_resume_keeps_writing_the_same_study(asha_sweep, tmp_path):
+    """Resuming the finished sweep from a moved folder: Tune restores the searcher from its pickles; the study
+    stays in the moved folder's optuna.db, unchanged and still equal to the table."""
+    moved = tmp_path / "asha"
+    shutil.copytree(asha_sweep, moved)
+    before = [(t.number, t.state, t.values) for t in study_of(moved).trials]
+    plan = planning.build_plan(["resume=true", "sweep.name=asha", f"output_dir={tmp_path}", "wandb.mode=disabled"])
+    tuner.run_sweep(plan, out=lambda line: None)
+    assert [(t.number, t.state, t.values) for t in study_of(moved).trials] == before
+    assert_study_matches_table(moved)
+
+
+def test_rays_own_reader_sees_every_trial(asha_sweep):
+    """Tune's JSON logger is on: ExperimentAnalysis reads each trial's result.json."""
+    from ray.tune import ExperimentAnalysis
+
+    frame = ExperimentAnalysis(str(asha_sweep)).dataframe()
+    rows = pq.read_table(asha_sweep / "results.parquet").to_pylist()
+    assert sorted(frame["trial_id"]) == sorted(r["trial_id"] for r in rows)
+    finished = {r["trial_id"]: r["acc"] for r in rows if r["status"] == "TERMINATED"}
+    assert {t: a for t, a in zip(frame["trial_id"], frame["acc"]) if t in finished} == finished
+
+
+def plan_for(tmp_path: Path, name: str = "unit"):
+    return planning.build_plan(["space=smoke", f"sweep.name={name}", f"output_dir={tmp_path}"])
+
+
+def finish(searcher, trial_id: str, acc: float) -> None:
+    searcher.on_trial_complete(trial_id, {"acc": acc, "task": 5})
+
+
+def test_the_sqlite_study_proposes_what_the_in_memory_one_did(tmp_path):
+    """Records are sacred: moving the study to disk changes no proposal."""
+    plan = plan_for(tmp_path)
+    in_memory, on_disk = tuner.make_searcher(plan), tuner.make_searcher(plan, str(tmp_path / "optuna.db"))
+    for i in range(12):
+        assert in_memory.suggest(f"t{i}") == on_disk.suggest(f"t{i}")
+        for searcher in (in_memory, on_disk):
+            finish(searcher, f"t{i}", 50.0 + (i * 7) % 11)
+
+
+def test_a_restored_searcher_reopens_this_runs_file_and_fails_the_trials_it_lost(tmp_path):
+    """As after a killed driver: Tune's last checkpoint knew t0..t2 (t0 done); after it the driver asked t3 and
+    finished t1, then died. The restored searcher writes the moved copy, never the first path."""
+    plan = plan_for(tmp_path)
+    first, second = tmp_path / "first", tmp_path / "second"
+    first.mkdir(), second.mkdir()
+    searcher = tuner.make_searcher(plan, str(first / "optuna.db"))
+    pickled_at_start = pickle.dumps(searcher)  # as tuner.pkl holds it
+    for i in range(3):
+        searcher.suggest(f"t{i}")
+    finish(searcher, "t0", 60.0)
+    searcher.save(str(tmp_path / "searcher.pkl"))
+    searcher.suggest("t3")
+    finish(searcher, "t1", 61.0)
+    shutil.move(first / "optuna.db", second / "optuna.db")
+
+    restored = pickle.loads(pickled_at_start)  # Tuner.restore unpickles tuner.pkl: no connection is made
+    restored.database = str(second / "optuna.db")
+    restored.restore(str(tmp_path / "searcher.pkl"))
+    finish(restored, "t1", 61.0)  # Tune runs t1 again: the study keeps its first finish
+    finish(restored, "t2", 62.0)
+    restored.on_trial_complete("t4_never_asked_here", None)
+    assert restored.suggest("t5")
+    assert not (first / "optuna.db").exists()
+    study = optuna.load_study(study_name="unit", storage=f"sqlite:///{second / 'optuna.db'}")
+    states = {t.user_attrs[TUNE_TRIAL_ID]: (t.state.name, t.value) for t in study.trials}
+    assert states == {"t0": ("COMPLETE", 60.0), "t1": ("COMPLETE", 61.0), "t2": ("COMPLETE", 62.0),
+                      "t3": ("FAIL", None), "t5": ("RUNNING", None)}
+
+
+def test_a_failed_trial_that_a_resume_finishes_counts_as_complete(tmp_path):
+    searcher = tuner.make_searcher(plan_for(tmp_path), str(tmp_path / "optuna.db"))
+    searcher.suggest("t0")
+    searcher.on_trial_complete("t0", error=True)
+    finish(searcher, "t0", 70.0)  # resume_errored ran it again, and it finished
+    study = optuna.load_study(study_name="unit", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    assert [(t.state.name, t.value, t.user_attrs[TUNE_TRIAL_ID]) for t in study.trials] == \
+           [("FAIL", None, "t0"), ("COMPLETE", 70.0, "t0")]
+    assert study.trials[0].params == study.trials[1].params

@@ -1,27 +1,33 @@
-"""``python -m ness_sweep.report DIR [top=N | trial=ID]``: a sweep's leaderboard, rerun lines and best.yaml,
-from its Parquet table alone.
+"""``python -m ness_sweep.report DIR [DIR ...] [top=N | trial=ID]``: a sweep's leaderboard, rerun lines, best.yaml
+and report.html, from its Parquet table alone.
 
 DIR is OUTPUT_DIR/SWEEP_NAME (or the results.parquet file itself), a local path or a URI. Prints what
 the sweep printed at its end: the best trials, or the Pareto front for several objectives, and the
-``python -m ness_sweep.train ...`` line that reruns the best configuration. ``trial=ID`` prints the line
-that reruns any one row instead. Works while a sweep runs too.
+``python -m ness_sweep.train ...`` line that reruns the best configuration; then writes ``DIR/report.html``.
+Several DIRs are ranked together in one table with a ``sweep`` column (they must share their objectives;
+comparing writes no page). ``trial=ID`` prints the line that reruns any one row instead, looked up in every
+DIR given. Works while a sweep runs too.
 """
 
 from __future__ import annotations
 
+import re
 import shlex
 import sys
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import pyarrow as pa
 from omegaconf import OmegaConf
 
-from .config import RunConfig, UserError, argument_value, flatten, unflatten
-from .results import SweepFolder, best_rows, config_columns, filesystem_and_path, read_table, \
-    sweep_metadata, write_atomically
+from .config import RunConfig, UserError, argument_value, first_line, flatten, unflatten
+from .results import SweepFolder, best_rows, config_columns, filesystem_and_path, pareto_front, ranked, \
+    read_table, sweep_metadata, write_atomically
 
-USAGE = ("usage: python -m ness_sweep.report DIR [top=N | trial=ID]   (DIR: OUTPUT_DIR/SWEEP_NAME, local or a URI;"
-         " trial=ID prints the command that reruns that row)")
+USAGE = ("usage: python -m ness_sweep.report DIR [DIR ...] [top=N | trial=ID]   (DIR: OUTPUT_DIR/SWEEP_NAME, local "
+         "or a URI; several DIRs are compared in one table; trial=ID prints the command that reruns that row)")
+METRICS = ("acc", "bwt", "forgetting")
+# Optuna's TPESampler draws its first n_startup_trials (default 10, which tuner.make_searcher keeps) at random.
+TPE_STARTUP_TRIALS = 10
 
 
 def row_settings(row: Dict[str, Any], table: pa.Table) -> Dict[str, Any]:
@@ -52,6 +58,19 @@ def best_config_yaml(row: Dict[str, Any], table: pa.Table) -> str:
     return OmegaConf.to_yaml(OmegaConf.create(unflatten(row_settings(row, table))))
 
 
+def _two_decimals(value: float) -> str:
+    """Fixed 2 decimals; a rounding residue such as -8.9e-16 (BWT of a trial that forgot nothing) reads 0.00."""
+    text = f"{value:.2f}"
+    return "0.00" if text == "-0.00" else text
+
+
+def metric_text(value: Optional[float], std: Optional[float] = None) -> str:
+    """A metric cell: ``96.40``, or ``96.40 ± 0.31`` when the trial ran several seeds."""
+    if value is None:
+        return "-"
+    return _two_decimals(value) if std is None else f"{_two_decimals(value)} ± {_two_decimals(std)}"
+
+
 def _cell(value: Any) -> str:
     if value is None:
         return "-"
@@ -60,39 +79,67 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
+def _objectives(meta: Dict[str, Any]) -> str:
+    return ", ".join(f"{m} ({mode})" for m, mode in zip(meta["metrics"], meta["modes"]))
+
+
+def sweep_header(table: pa.Table) -> List[str]:
+    """'sweep NAME: N trials (statuses)', and a line saying so when the sweep is too small for TPE to act."""
+    meta = sweep_metadata(table)
+    counts: Dict[str, int] = {}
+    for status in table.column("status").to_pylist():
+        counts[status] = counts.get(status, 0) + 1
+    status_text = ", ".join(f"{n} {status.lower()}" for status, n in sorted(counts.items()))
+    lines = [f"sweep {meta['sweep']}: {table.num_rows} trials ({status_text})"]
+    if table.num_rows <= TPE_STARTUP_TRIALS:
+        lines.append(f"  a random search: Optuna's TPE draws its first {TPE_STARTUP_TRIALS} trials at random, so "
+                     f"only sweep.num_samples > {TPE_STARTUP_TRIALS} lets it learn from results")
+    return lines
+
+
 def leaderboard(table: pa.Table, top: int = 5) -> str:
     """The best trials (or the Pareto front) as a table, then the command rerunning each shown winner."""
-    meta = sweep_metadata(table)
-    rows = table.to_pylist()
-    metrics, modes = meta["metrics"], meta["modes"]
-    counts: Dict[str, int] = {}
-    for row in rows:
-        counts[row["status"]] = counts.get(row["status"], 0) + 1
-    status_text = ", ".join(f"{n} {status.lower()}" for status, n in sorted(counts.items()))
-    objectives = ", ".join(f"{m} ({mode})" for m, mode in zip(metrics, modes))
-    best = best_rows(table)
-    lines = [f"sweep {meta['sweep']}: {len(rows)} trials ({status_text})"]
+    return compare([table], top)
+
+
+def compare(tables: Sequence[pa.Table], top: int = 5, labels: Optional[Sequence[str]] = None) -> str:
+    """The leaderboard of several sweeps ranked together, a ``sweep`` column naming each row's (``labels``,
+    default the sweeps' names). They must share the first sweep's objectives: ranks of others mean nothing."""
+    metas = [sweep_metadata(table) for table in tables]
+    labels = list(labels or [meta["sweep"] for meta in metas])
+    metrics, modes = metas[0]["metrics"], metas[0]["modes"]
+    for label, meta in zip(labels[1:], metas[1:]):
+        if (meta["metrics"], meta["modes"]) != (metrics, modes):
+            raise UserError(f"{label}: objectives {_objectives(meta)} differ from {labels[0]}'s {_objectives(metas[0])}; "
+                            "compare sweeps of the same sweep.metric and sweep.mode")
+    several = len(tables) > 1
+    table_of = dict(zip(labels, tables))
+    rows = [dict(row, sweep=label) for label, table in zip(labels, tables) for row in table.to_pylist()]
+    lines = [line for table in tables for line in sweep_header(table)]
+    objectives, multi = _objectives(metas[0]), len(metrics) > 1
+    best = pareto_front(rows, metrics, modes) if multi else ranked(rows, metrics[0], modes[0])
     if not best:
         lines.append(f"no trial finished with {objectives}; nothing to rank")
         return "\n".join(lines)
-    multi = len(metrics) > 1
     shown = best if multi else best[:top]
-    lines.append(f"Pareto front over {objectives}: {len(best)} trials" if multi
-                 else f"best {len(shown)} by {objectives}")
-    metric_columns = [c for c in ("acc", "bwt", "forgetting") if c in metrics] + \
-                     [c for c in ("acc", "bwt", "forgetting") if c not in metrics]
-    columns = ["trial_id", *metric_columns, *meta["searched"], "seconds"]
-    cells = [[str(i + 1)] + [_cell(r.get(c)) for c in columns] for i, r in enumerate(shown)]
-    header = ["#", *columns]
+    of_sweeps = f" of {len(tables)} sweeps" if several else ""
+    lines.append(f"Pareto front{of_sweeps} over {objectives}: {len(best)} trials" if multi
+                 else f"best {len(shown)}{of_sweeps} by {objectives}")
+    metric_columns = [c for c in METRICS if c in metrics] + [c for c in METRICS if c not in metrics]
+    searched = list(dict.fromkeys(key for meta in metas for key in meta["searched"]))
+    header = ["#", *(["sweep"] if several else []), "trial_id", *metric_columns, *searched, "seconds"]
+    cells = [[str(i + 1), *([row["sweep"]] if several else []), row["trial_id"],
+              *[metric_text(row.get(c), row.get(f"{c}_std")) for c in metric_columns],
+              *[_cell(row.get(c)) for c in [*searched, "seconds"]]] for i, row in enumerate(shown)]
     widths = [max(len(h), *(len(row[i]) for row in cells)) for i, h in enumerate(header)]
     for row in [header, *cells]:
         lines.append("  " + "  ".join(v.rjust(w) for v, w in zip(row, widths)))
-    reruns = shown if multi else shown[:1]
-    lines.append("rerun the best configuration:" if not multi else "rerun a configuration of the front:")
-    for row in reruns:
-        scores = ", ".join(f"{m} {row[m]:.2f}" for m in metrics)
-        lines.append(f"  # trial {row['trial_id']}: {scores}")
-        lines.append(f"  {train_command(row, table)}")
+    lines.append("rerun a configuration of the front:" if multi else "rerun the best configuration:")
+    for row in shown if multi else shown[:1]:
+        scores = ", ".join(f"{m} {metric_text(row[m])}" for m in metrics)
+        where = f"sweep {row['sweep']}, " if several else ""
+        lines.append(f"  # {where}trial {row['trial_id']}: {scores}")
+        lines.append(f"  {train_command(row, table_of[row['sweep']])}")
     return "\n".join(lines)
 
 
@@ -106,6 +153,19 @@ def write_best_config(table: pa.Table, sweep_dir: str) -> Optional[str]:
     return f"{sweep_dir.rstrip('/')}/{SweepFolder.BEST}"
 
 
+def write_report_page(sweep_dir: str, warn: Callable[[str], None]) -> Optional[str]:
+    """``DIR/report.html`` (``plots.write_html``) and where it went, or None after one ``warn`` line: the page
+    is a view of the table, so failing to write it (a read-only folder, a plot that breaks) must cost neither
+    the leaderboard nor the sweep."""
+    try:
+        from .plots import write_html  # plotly loads only when a page is written
+
+        return write_html(sweep_dir)
+    except Exception as error:  # whatever breaks the page is reported in one line, never raised
+        warn(f"warning: {sweep_dir.rstrip('/')}/{SweepFolder.REPORT} not written: {first_line(error)}")
+        return None
+
+
 def parse_top(arg: str) -> int:
     """``top=N``: how many trials to list, a whole number >= 1."""
     value = arg[len("top="):]
@@ -114,12 +174,52 @@ def parse_top(arg: str) -> int:
     return int(value)
 
 
-def rerun_line(table: pa.Table, trial_id: str) -> str:
-    """The ``python -m ness_sweep.train ...`` line of one row: its settings, seeds, threads and device."""
-    rows = [row for row in table.to_pylist() if row["trial_id"] == trial_id]
-    if not rows:
-        raise UserError(f"trial={trial_id}: no such trial in the table; its trial_id column lists them")
-    return train_command(rows[0], table)
+def parse_arguments(argv: Sequence[str]) -> Tuple[List[str], int, Optional[str]]:
+    """(DIRs, top, trial ID). ``key=value`` with a plain key is an option, anything else a DIR (so
+    ``s3://bucket/date=1`` stays a DIR; a local folder named like an option is written ``./top=3``)."""
+    dirs: List[str] = []
+    options: Dict[str, str] = {}
+    for arg in argv:
+        key, equals, value = arg.partition("=")
+        if arg.startswith("-") or (equals and re.fullmatch(r"[A-Za-z_][\w.]*", key)):
+            if key not in ("top", "trial"):
+                raise UserError(f"argument {arg}: unknown; give sweep folders and top=N or trial=ID "
+                                f"(a folder named so: ./{arg})")
+            if key in options:
+                raise UserError(f"{key}=: given twice")
+            options[key] = arg
+        elif arg in dirs:
+            raise UserError(f"{arg}: given twice")
+        else:
+            dirs.append(arg)
+    if not dirs:
+        raise UserError(USAGE)
+    if len(options) == 2:
+        raise UserError("trial=ID prints one rerun line; top=N does not go with it")
+    top = parse_top(options["top"]) if "top" in options else 5
+    return dirs, top, options["trial"][len("trial="):] if "trial" in options else None
+
+
+def read_sweep(location: str) -> pa.Table:
+    """The results table at ``location``, every failure to read it a UserError naming it."""
+    try:
+        table = read_table(location)
+        sweep_metadata(table)
+        return table
+    except (pa.ArrowException, OSError) as error:
+        raise UserError(f"{location}: cannot read the results table: {first_line(error)}") from None
+
+
+def rerun_line(tables: Dict[str, pa.Table], trial_id: str) -> str:
+    """The ``python -m ness_sweep.train ...`` line of one row, found in whichever sweep holds it (one only)."""
+    found = [(location, row, table) for location, table in tables.items()
+             for row in table.to_pylist() if row["trial_id"] == trial_id]
+    if not found:
+        raise UserError(f"trial={trial_id}: no such trial in {', '.join(tables)}; the trial_id column lists them")
+    if len(found) > 1:
+        raise UserError(f"trial={trial_id}: in {', '.join(location for location, _, _ in found)}; give the one DIR")
+    _, row, table = found[0]
+    return train_command(row, table)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -128,19 +228,20 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(USAGE)
         return 0
     try:
-        if len(argv) not in (1, 2) or (len(argv) == 2 and not argv[1].startswith(("top=", "trial="))):
-            raise UserError(USAGE)
-        if len(argv) == 2 and argv[1].startswith("trial="):
-            print(rerun_line(read_table(argv[0]), argv[1][len("trial="):]))
+        dirs, top, trial_id = parse_arguments(argv)
+        tables = {location: read_sweep(location) for location in dirs}
+        if trial_id is not None:
+            print(rerun_line(tables, trial_id))
             return 0
-        top = parse_top(argv[1]) if len(argv) == 2 else 5
-        print(leaderboard(read_table(argv[0]), top))
+        names = [sweep_metadata(table)["sweep"] for table in tables.values()]
+        print(compare(list(tables.values()), top, names if len(set(names)) == len(names) else dirs))
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    except (pa.ArrowException, OSError) as error:
-        print(f"error: {argv[0]}: cannot read the results table: {str(error).splitlines()[0]}", file=sys.stderr)
-        return 2
+    if len(dirs) == 1:
+        page = write_report_page(dirs[0], lambda line: print(line, file=sys.stderr))
+        if page:
+            print(f"report written to {page}")
     return 0
 
 

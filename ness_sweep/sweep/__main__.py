@@ -2,7 +2,8 @@
 
 Runs a Ray Tune sweep over a search space (``search_spaces/NAME.yaml`` or a path to your own file),
 prints one line per finished trial, then the leaderboard with the ``python -m ness_sweep.train ...``
-line that reruns the best configuration, and writes that configuration to ``best.yaml``. Bad input
+line that reruns the best configuration, writes that configuration to ``best.yaml`` and the plots to
+``report.html``. ``dry_run=true`` prints the resolved plan instead, starting and creating nothing. Bad input
 exits with code 2 before anything is started or created.
 """
 
@@ -22,7 +23,9 @@ USAGE = """usage: python -m ness_sweep.run space=NAME [key=value ...]
 
 Sweep NESS's hyperparameters with Ray Tune (Optuna search, ASHA early stopping, one W&B run per trial).
 NAME is a shipped space ({spaces}) or a path to a space file.
-Results: OUTPUT_DIR/SWEEP_NAME/results.parquet and best.yaml; `python -m ness_sweep.report DIR` reprints them.
+Results: OUTPUT_DIR/SWEEP_NAME/results.parquet, best.yaml and report.html; `python -m ness_sweep.report DIR`
+reprints them (several DIRs: one table comparing the sweeps).
+dry_run=true prints the resolved plan (settings, searched keys, resources, concurrency, folder) and exits.
 resume=true sweep.name=NAME continues an interrupted sweep with its stored plan.
 Keys, their defaults and what they mean (a space's fixed values and sweep defaults come between these and the
 command line):
@@ -34,16 +37,22 @@ def main(argv: Optional[List[str]] = None) -> int:
     address = next((a.partition("=")[2] for a in argv if a.startswith("ray.address=")), None)
     environment.bind_ray_to_loopback(address)  # first: whatever imports Ray later must find it set
     if any(a in ("-h", "--help", "help") for a in argv):
-        print(USAGE.format(spaces=", ".join(known_spaces())) + help_text(SweepConfig))
+        from ..trainer import registered_names  # torch: only when help is asked for
+
+        print(USAGE.format(spaces=", ".join(known_spaces())) + help_text(SweepConfig) + "\n" + registered_names())
         return 0
     try:
         result = sweep(*argv)
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    if result is None:  # dry_run=true: the plan is printed, nothing started
+        return 0
     from ..report import leaderboard
 
     print(leaderboard(result.table))
+    if result.report_html:
+        print(f"report written to {result.report_html}")
     if result.unfinished:
         print(f"{result.unfinished} trials unfinished; continue with: {shlex.join(resume_command(result.folder))}")
     if result.best_yaml:

@@ -25,31 +25,41 @@ class SweepResult:
     best_yaml: Optional[str]  # where best.yaml was written
     unfinished: int  # trials neither finished nor stopped: resume=true continues them
     upload_hint: Optional[str]  # how to upload offline W&B runs
+    report_html: Optional[str] = None  # where report.html was written; None when it could not be (one warning line)
 
     def to_pandas(self):
         return self.table.to_pandas()
 
 
-def sweep(*args: str, out: Callable[[str], None] = print, **settings: Any) -> SweepResult:
+def sweep(*args: str, out: Callable[[str], None] = print, **settings: Any) -> Optional[SweepResult]:
     """Run a sweep with the command line's settings: ``key=value`` strings, keyword arguments, or both
     (``sweep("space=smoke", train={"epochs": 1})``; dotted keys as ``**{"train.lr": 0.1}``). Bad input raises
-    ``UserError`` before Ray starts or anything is created. Uses a Ray already running in the process."""
+    ``UserError`` before Ray starts or anything is created. Uses a Ray already running in the process.
+    ``dry_run=true`` prints the resolved plan through ``out`` and returns None, starting and creating nothing."""
     argv = [*args, *arguments(settings)]
     environment.bind_ray_to_loopback(parse_overrides(argv).get("ray", {}).get("address"))
-    from ..report import row_settings, write_best_config
-    from .dashboards import check_login, sync_hint
+    from ..report import row_settings, write_best_config, write_report_page
     from .plan import build_plan
-    from .tuner import run_sweep
 
     plan = build_plan(argv)
+    if plan.cfg.dry_run:
+        from .preview import describe
+
+        out(describe(plan))
+        return None
+    from .dashboards import check_login, sync_hint  # Ray and W&B load only for a sweep that runs
+    from .tuner import run_sweep
+
     check_login(plan.cfg)
     outcome = run_sweep(plan, out)
     best_yaml = write_best_config(outcome.table, outcome.sweep_dir)
+    report_html = write_report_page(outcome.sweep_dir, out)
     best = _best(outcome.table)
     statuses = outcome.table.column("status").to_pylist()
     return SweepResult(outcome.table, plan.folder, outcome.seconds, outcome.concurrency, best,
                        row_settings(best, outcome.table) if best else None, best_yaml,
-                       sum(status not in Status.ENDED for status in statuses), sync_hint(plan.cfg, outcome.sweep_dir))
+                       sum(status not in Status.ENDED for status in statuses), sync_hint(plan.cfg, outcome.sweep_dir),
+                       report_html)
 
 
 def _best(table: pa.Table) -> Optional[Dict[str, Any]]:

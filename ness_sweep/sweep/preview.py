@@ -1,0 +1,109 @@
+"""What a sweep would do, worked out without starting anything: the trials that fit at once, and the plan text
+that ``dry_run=true`` prints (no Ray, no W&B, no data, no folder: this module imports none of them)."""
+
+from __future__ import annotations
+
+import math
+import shlex
+from typing import Any, Dict, List, Optional
+
+from .. import results
+from ..config import argument_value, flatten, joins_cluster, resolved
+from ..report import TPE_STARTUP_TRIALS
+from .plan import SweepPlan, machine_cpus
+from .space import Distribution
+
+# Groups of the sweep config that say how the sweep runs, not what a trial trains.
+SWEEP_GROUPS = ("sweep", "trial", "ray", "wandb")
+
+
+def trials_at_once(cpus: float, gpus: float, trial: Any, max_concurrent: Optional[int]) -> int:
+    """Trials that fit on ``cpus`` and ``gpus`` at trial.cpu and trial.gpu each, capped by sweep.max_concurrent."""
+    fits = math.floor(cpus / trial.cpu + 1e-9)
+    if trial.gpu > 0:
+        fits = min(fits, math.floor(gpus / trial.gpu + 1e-9))
+    if max_concurrent:
+        fits = min(fits, max_concurrent)
+    return max(1, fits)
+
+
+def concurrency_text(plan: SweepPlan) -> str:
+    """How many trials would run at once, as the sweep will decide it (``tuner.concurrency``)."""
+    cfg = plan.cfg
+    cap = cfg.sweep.max_concurrent
+    if joins_cluster(cfg):
+        if cap:
+            return f"{cap} trials at once (sweep.max_concurrent; on a cluster it decides alone)"
+        return "as many trials at once as the cluster holds when the sweep starts (not known without joining it)"
+    import torch  # planning has imported it already (check_local_resources)
+
+    cpus, gpus = machine_cpus(), torch.cuda.device_count() if cfg.trial.gpu > 0 else 0
+    machine = f"{cpus} CPUs" + (f", {gpus} GPUs" if cfg.trial.gpu > 0 else "")
+    limit = f", sweep.max_concurrent={cap}" if cap else ""
+    return f"{trials_at_once(cpus, gpus, cfg.trial, cap)} trials at once (this machine: {machine}{limit})"
+
+
+def distribution_text(dist: Distribution) -> str:
+    low_high = ", ".join(argument_value(v) for v in dist.values)
+    if dist.kind == "choice":
+        return f"choice of {low_high}"
+    if dist.kind == "int":
+        return f"int in [{low_high}] (both ends included)"
+    return f"{dist.kind} in [{low_high}]"
+
+
+def _settings(values: Dict[str, Any]) -> List[str]:
+    return [f"  {key}={argument_value(value)}" for key, value in values.items()]
+
+
+def _recorded(plan: SweepPlan) -> str:
+    """What a resumed sweep's table holds so far."""
+    folder = plan.folder
+    if not folder.exists(folder.TABLE):
+        return "no trial recorded yet"
+    statuses = results.read_table(folder.location).column("status").to_pylist()
+    counts = ", ".join(f"{statuses.count(s)} {s.lower()}" for s in sorted(set(statuses)))
+    return f"{len(statuses)} trials recorded ({counts}); the resume continues those not ended"
+
+
+def describe(plan: SweepPlan) -> str:
+    """The resolved plan, as ``dry_run=true`` prints it: where results go, what is searched and how, resources
+    and concurrency, then every fixed setting and every sweep setting (as ``key=value``)."""
+    cfg, space, folder = plan.cfg, plan.space, plan.folder
+    shown = [a for a in plan.command_line if not a.startswith("dry_run=")]
+    lines = ["dry run: the plan below; nothing was started or created"]
+    if cfg.resume:
+        lines += [f"resume of sweep {plan.name}: continues the stored plan {folder.shown(folder.PLAN)}",
+                  f"  started as: {shlex.join(['python', '-m', 'ness_sweep.run', *shown])}",
+                  f"  {_recorded(plan)}"]
+    else:
+        lines.append(f"new sweep {plan.name}" + ("" if cfg.sweep.name else " (named from the time now: give "
+                                                                           "sweep.name=NAME to keep this folder)"))
+    wandb = "" if cfg.wandb.mode == "disabled" else f", {folder.WANDB}/ for {cfg.wandb.mode} W&B runs"
+    lines.append(f"results: {folder.location}/ ({folder.TABLE}, {folder.PLAN}, {folder.BEST}, {folder.REPORT}{wandb})")
+    lines.append(f"space: {space.source}" + (f": {space.description}" if space.description else ""))
+    lines.append(f"searched keys ({len(space.search)}):")
+    width = max(len(key) for key in space.search)
+    lines += [f"  {key.ljust(width)}  {distribution_text(dist)}" for key, dist in space.search.items()]
+    objectives = ", ".join(f"{m} ({mode})" for m, mode in zip(plan.metrics, plan.modes))
+    lines.append(f"trials: {plan.num_samples}, proposed by Optuna's TPE (sweep.seed={cfg.sweep.seed}); "
+                 f"objectives {objectives}; scheduler {plan.scheduler}")
+    if plan.num_samples <= TPE_STARTUP_TRIALS:
+        lines.append(f"  a random search: TPE draws its first {TPE_STARTUP_TRIALS} trials at random, so only "
+                     f"sweep.num_samples > {TPE_STARTUP_TRIALS} lets it learn from results")
+    lines.append("seeds: the space searches seed" if plan.seeds is None else
+                 f"seeds: every trial runs {argument_value(plan.seeds)}"
+                 + (" (rows hold mean ± std)" if len(plan.seeds) > 1 else ""))
+    where = f"joins ray.address={cfg.ray.address or '$RAY_ADDRESS'}" if joins_cluster(cfg) else "a local Ray on 127.0.0.1"
+    lines.append(f"resources: trial.cpu={cfg.trial.cpu}, trial.gpu={cfg.trial.gpu} per trial, training on "
+                 f"{plan.device}; {where}; {concurrency_text(plan)}")
+    fixed = {key: value for key, value in flatten(plan.run_settings()).items()
+             if key not in space.search and key not in ("seed", "seeds")}
+    lines += ["fixed settings (every trial):", *_settings(fixed)]
+    chosen = {"sweep.name": plan.name, "sweep.num_samples": plan.num_samples, "sweep.scheduler": plan.scheduler,
+              "sweep.metric": plan.metrics if len(plan.metrics) > 1 else plan.metrics[0],
+              "sweep.mode": plan.modes if len(plan.modes) > 1 else plan.modes[0]}
+    running = {key: chosen.get(key, value) for key, value in flatten(resolved(cfg)).items()
+               if key.split(".")[0] in SWEEP_GROUPS}
+    lines += ["sweep settings:", *_settings({**running, "output_dir": cfg.output_dir})]
+    return "\n".join(lines)

@@ -1,0 +1,149 @@
+"""``python -m ness_sweep.report`` and ``dry_run=true``: leaderboard cells against hand-built tables (± std,
+0.00, the random-search line, several sweeps in one table), report.html, and a dry run that creates nothing."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from ness_sweep import report, results
+from tests.test_plots import TRIALS, make_rows, make_sweep
+
+TWENTY = [(f"t{i:02d}", "TERMINATED", 3) for i in range(20)]
+
+
+def listing(root):
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+
+
+def board_lines(sweep_dir):
+    return report.leaderboard(results.read_table(str(sweep_dir))).splitlines()
+
+
+def test_several_seeds_show_mean_and_std_and_zero_reads_0_00(tmp_path):
+    rows = make_rows()
+    best = max((r for r in rows if r["acc"] is not None), key=lambda r: r["acc"])
+    best.update(acc=96.4, acc_std=0.314, bwt=-8.881784197001252e-16, bwt_std=0.0, seeds=[1, 2])
+    lines = board_lines(make_sweep(tmp_path, rows))
+    first = next(line for line in lines if line.split()[:2] == ["1", best["trial_id"]])
+    assert "96.40 ± 0.31" in first and "0.00 ± 0.00" in first and "-0.00" not in first
+    assert "e-16" not in "\n".join(lines)
+
+
+def test_the_random_search_line_is_there_for_8_trials_only(tmp_path):
+    small = board_lines(make_sweep(tmp_path / "small", make_rows(TRIALS[:8])))
+    large = board_lines(make_sweep(tmp_path / "large", make_rows(TWENTY)))
+    assert any("random search" in line and str(report.TPE_STARTUP_TRIALS) in line for line in small[:2])
+    assert not any("random search" in line for line in large)
+
+
+def test_the_random_search_threshold_is_the_searchers_own(tmp_path):
+    from ness_sweep.sweep import plan as planning, tuner
+
+    plan = planning.build_plan(["space=smoke", f"output_dir={tmp_path}"])
+    assert tuner.make_searcher(plan)._ot_study.sampler._n_startup_trials == report.TPE_STARTUP_TRIALS
+
+
+def renamed_sweep(root, rows, name, **kwargs):
+    """make_sweep's folder under another sweep name (the name lives in the table's metadata)."""
+    sweep = make_sweep(root, rows, study_trials=False, **kwargs)
+    table = results.read_table(str(sweep))
+    meta = dict(results.sweep_metadata(table), sweep=name)
+    schema = results.make_schema([(c, table.schema.field(c).type) for c in meta["config_columns"]], meta)
+    results.write_table(table.to_pylist(), schema, results.pafs.LocalFileSystem(), str(sweep / "results.parquet"))
+    return sweep
+
+
+def test_two_sweeps_rank_together_with_a_sweep_column(tmp_path, capsys):
+    a = renamed_sweep(tmp_path / "a", make_rows(seed=1), "alpha")
+    b = renamed_sweep(tmp_path / "b", make_rows(seed=2), "beta")
+    assert report.main([str(a), str(b), "top=30"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    header = next(line.split() for line in lines if "trial_id" in line)
+    assert header[:3] == ["#", "sweep", "trial_id"]
+    table_rows = [line.split() for line in lines if line.split() and line.split()[0].isdigit()]
+    every = [(r["acc"], name) for name, d in (("alpha", a), ("beta", b))
+             for r in results.read_table(str(d)).to_pylist() if r["acc"] is not None]
+    expected = sorted(every, reverse=True)
+    assert [(float(r[3]), r[1]) for r in table_rows] == [(round(acc, 2), name) for acc, name in expected]
+    assert not (a / "report.html").exists() and not (b / "report.html").exists()
+
+
+def test_sweeps_with_other_metrics_are_refused_in_one_line(tmp_path, capsys):
+    a = renamed_sweep(tmp_path / "a", make_rows(), "alpha")
+    b = renamed_sweep(tmp_path / "b", make_rows(), "beta", metric_names=("acc", "bwt"))
+    assert report.main([str(a), str(b)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "beta" in err[0] and "differ" in err[0]
+
+
+def test_report_dir_writes_report_html(tmp_path, capsys):
+    sweep = make_sweep(tmp_path, make_rows())
+    assert report.main([str(sweep)]) == 0
+    assert f"report written to {sweep / 'report.html'}" in capsys.readouterr().out
+    assert "<html>" in (sweep / "report.html").read_text()
+
+
+def test_an_unwritable_page_keeps_the_leaderboard(tmp_path, capsys, monkeypatch):
+    sweep = make_sweep(tmp_path, make_rows())
+    monkeypatch.setattr("ness_sweep.plots.write_html", lambda where: (_ for _ in ()).throw(OSError("read-only")))
+    assert report.main([str(sweep)]) == 0
+    captured = capsys.readouterr()
+    assert "rerun the best configuration:" in captured.out
+    assert captured.err.strip().splitlines() == [f"warning: {sweep}/report.html not written: read-only"]
+
+
+@pytest.mark.parametrize("args,named", [(["{empty}"], "results.parquet"), (["{sweep}", "colour=red"], "colour=red"),
+                                        (["{sweep}", "--fast"], "--fast"), (["{sweep}", "top=2", "trial=x"], "trial")])
+def test_bad_input_is_one_line_exit_2_and_creates_nothing(args, named, tmp_path, capsys):
+    sweep, empty = make_sweep(tmp_path, make_rows()), tmp_path / "empty"
+    empty.mkdir()
+    before = listing(tmp_path)
+    assert report.main([a.format(sweep=sweep, empty=empty) for a in args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and named in err[0]
+    assert listing(tmp_path) == before
+
+
+DRY_RUN = """
+import sys
+from ness_sweep.sweep.__main__ import main
+code = main(sys.argv[1:])
+print("RAY_LOADED", "ray" in sys.modules, "wandb" in sys.modules)
+sys.exit(code)
+"""
+
+
+def dry_run(*args):
+    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "WANDB_MODE": "disabled"}
+    return subprocess.run([sys.executable, "-c", DRY_RUN, *args], capture_output=True, text=True, env=env,
+                          cwd=os.path.dirname(os.path.dirname(__file__)))
+
+
+def test_dry_run_prints_every_searched_key_and_creates_nothing_without_ray(tmp_path):
+    before = listing(tmp_path)
+    done = dry_run("space=rank_threshold", "dry_run=true", "trial.cpu=0.5", f"output_dir={tmp_path / 'out'}")
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    for key, kind in (("ness.threshold", "loguniform"), ("ness.rank", "uniform"), ("train.lr", "loguniform")):
+        assert any(line.split()[:2] == [key, kind] for line in out.splitlines())
+    assert "trial.cpu=0.5" in out and "trials at once" in out and str(tmp_path / "out") in out
+    assert "train.epochs=" in out and "benchmark=permuted_digits" in out
+    assert "RAY_LOADED False False" in out
+    assert listing(tmp_path) == before
+
+
+def test_dry_run_resume_prints_the_stored_plan(tmp_path):
+    from ness_sweep.sweep import plan as planning
+
+    plan = planning.build_plan(["space=smoke", "sweep.name=kept", "train.epochs=3", f"output_dir={tmp_path}"])
+    plan.folder.filesystem.create_dir(plan.folder.path(), recursive=True)
+    planning.write_plan(plan)
+    before = listing(tmp_path)
+    done = dry_run("dry_run=true", "resume=true", "sweep.name=kept", f"output_dir={tmp_path}")
+    assert done.returncode == 0, done.stderr
+    assert "train.epochs=3" in done.stdout and "plan.yaml" in done.stdout and "no trial recorded" in done.stdout
+    assert listing(tmp_path) == before

@@ -25,7 +25,7 @@ from .benchmarks import check_benchmark, stream_for
 from .config import UserError, RunConfig, arguments, help_text, load_run_config, resolved
 from .metrics import mean_std
 from .models import check_model, check_model_fits
-from .trainer import check_method, make_trainer
+from .trainer import check_method, make_trainer, registered_names
 
 USAGE = """usage: python -m ness_sweep.train [key=value ...]
 
@@ -173,7 +173,7 @@ def check_output(output: str) -> None:
 def main(argv: Optional[List[str]] = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if any(a in ("-h", "--help", "help") for a in argv):
-        print(USAGE + help_text(RunConfig))
+        print(USAGE + help_text(RunConfig) + "\n" + registered_names())
         return 0
     try:
         train(*argv)

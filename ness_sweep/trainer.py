@@ -367,3 +367,12 @@ def make_trainer(cfg, stream: TaskStream, device: Optional[torch.device] = None,
     """The trainer of ``cfg.method``: what every caller builds, so the method is never silently fine-tuning."""
     check_method(cfg.method)
     return METHODS[cfg.method](cfg, stream, device, log, on_epoch)
+
+
+def registered_names() -> str:
+    """The shipped benchmarks, models and methods, for ``--help``: the registries themselves, never a copy."""
+    from .benchmarks import BENCHMARKS
+    from .models import MODELS
+
+    return (f"benchmarks: {', '.join(BENCHMARKS)}\nmodels: {', '.join(MODELS)}\nmethods: {', '.join(METHODS)}\n"
+            "(benchmark= and model= also take an import path module:function: see the README)")

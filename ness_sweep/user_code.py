@@ -9,13 +9,17 @@ import path can be wrong is one ``UserError`` line naming it and what would be v
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import inspect
 import os
 import re
+import site
 import sys
+import sysconfig
 import traceback
+from pathlib import Path
 from types import ModuleType
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Iterable, List, Mapping, Sequence
 
 from .config import UserError
 
@@ -52,10 +56,7 @@ def describe(error: BaseException) -> str:
 
 def _import(key: str, name: str, module_name: str) -> ModuleType:
     """The module, with the working directory on ``sys.path`` as ``python -m`` puts it there."""
-    cwd = os.getcwd()
-    if cwd not in sys.path and "" not in sys.path:
-        sys.path.insert(0, cwd)
-    importlib.invalidate_caches()  # a module written after the folder was first listed is found too
+    cwd = _working_directory_importable()
     try:
         return importlib.import_module(module_name)
     except ModuleNotFoundError as error:
@@ -65,6 +66,15 @@ def _import(key: str, name: str, module_name: str) -> ModuleType:
         raise UserError(f"{key}={name}: importing {module_name} failed: {describe(error)}") from None
     except Exception as error:  # the user's module fails while it runs: syntax, names, its own imports
         raise UserError(f"{key}={name}: importing {module_name} failed: {describe(error)}") from None
+
+
+def _working_directory_importable() -> str:
+    """Put the working directory on ``sys.path`` (as ``python -m`` does) and return it."""
+    cwd = os.getcwd()
+    if cwd not in sys.path and "" not in sys.path:
+        sys.path.insert(0, cwd)
+    importlib.invalidate_caches()  # a module written after the folder was first listed is found too
+    return cwd
 
 
 def _attribute(key: str, name: str, module: ModuleType, qualname: str, call: str) -> Callable:
@@ -92,3 +102,27 @@ def _check_call(key: str, name: str, function: Callable, params: Sequence[str], 
     except TypeError:
         raise UserError(f"{key}={name}: takes {signature}, but is called as ({', '.join(params)}); "
                         f"it must be a function{call}") from None
+
+
+def local_module_paths(names: Iterable[str]) -> List[str]:
+    """Where the top-level modules behind these import paths live here, for Ray's ``runtime_env`` ``py_modules``:
+    a package's folder or a module's ``.py`` file. Registry names, ``ness_sweep`` itself and modules of
+    installed packages (site-packages, the standard library) are left out: a cluster's nodes have their own."""
+    installed = [Path(p).resolve() for p in {*site.getsitepackages(), site.getusersitepackages(),
+                                              *sysconfig.get_paths().values()}]
+    _working_directory_importable()
+    found: List[str] = []
+    for name in names:
+        if ":" not in name:
+            continue
+        top = name.partition(":")[0].split(".")[0]
+        spec = importlib.util.find_spec(top) if top != "ness_sweep" else None
+        if spec is None:
+            continue
+        locations = list(spec.submodule_search_locations or []) or ([spec.origin] if spec.origin else [])
+        if len(locations) != 1 or not os.path.exists(locations[0]):
+            continue  # a namespace package spread over folders, or a built-in: nothing to ship
+        path = Path(locations[0]).resolve()
+        if not any(path.is_relative_to(root) for root in installed) and str(path) not in found:
+            found.append(str(path))
+    return found

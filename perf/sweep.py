@@ -1,6 +1,8 @@
 """Sweep speed: a Ray Tune sweep against the same trials in a plain Python loop, and Tune's overhead per trial.
 
     python perf/sweep.py [trials=32] [space=rank_threshold] [key=value ...]
+    python perf/sweep.py json_logger [trials=...] [key=value ...]   # only: what Tune's JSON logger costs
+    python perf/sweep.py live_progress [trials=...] [key=value ...]   # only: what live progress costs a trial
 
 Runs, in one go and on the same configurations:
   1. the sweep (FIFO, so that every trial trains to the end; 2 trials at a time on 2 CPUs), W&B offline;
@@ -68,6 +70,82 @@ def time_wandb_callback():
     return spent
 
 
+def json_logger_cost(args, trials: int) -> None:
+    """The same sweep (W&B disabled) with Tune's JSON logger (the sweep's default ``JsonLoggerCallback``, the
+    other auto loggers off) and without it, side by side, and the driver time in its hooks."""
+    from ray.tune.logger import JsonLoggerCallback
+
+    spent = collections.defaultdict(float)
+    for hook in ("log_trial_start", "log_trial_result", "log_trial_end"):
+        def timed(self, iteration_or_trial, *rest, original=getattr(JsonLoggerCallback, hook), **kwargs):
+            started = time.perf_counter()
+            try:
+                return original(self, iteration_or_trial, *rest, **kwargs)
+            finally:
+                spent["all"] += time.perf_counter() - started
+        setattr(JsonLoggerCallback, hook, timed)
+    plain_tuner = tuner._tuner
+
+    def without_json_logger(plan, streams, num_tasks, parallel, callbacks, *rest):
+        kept = [c for c in callbacks if not isinstance(c, JsonLoggerCallback)]
+        return plain_tuner(plan, streams, num_tasks, parallel, kept, *rest)
+
+    runs = {}
+    with tempfile.TemporaryDirectory() as scratch:
+        for label, make in (("no per-trial logger", without_json_logger), ("JSON logger (default)", plain_tuner),
+                            ("no per-trial logger, again", without_json_logger), ("JSON logger, again", plain_tuner)):
+            tuner._tuner = make
+            _, _, runs[label] = timed_sweep([*args, "wandb.mode=disabled"], scratch, f"run{len(runs)}")
+            progress(f"{label}: {runs[label]}")
+    tuner._tuner = plain_tuner
+    print(f"{trials} trials, {runs['JSON logger (default)']['concurrency']} at a time, W&B disabled; driver time in the JSON "
+          f"logger's hooks: {spent['all'] / (2 * trials):.4f} s a trial")
+    print()
+    print("| run | wall time (s) | wall per trial (s) | framework overhead per trial (s) |")
+    print("|---|---:|---:|---:|")
+    for label, run in runs.items():
+        print(f"| {label} | {run['wall']:.1f} | {run['wall'] / trials:.3f} | {run['overhead']:.3f} |")
+
+
+def live_progress_cost(args, trials: int) -> None:
+    """The same sweep (W&B disabled) with live progress off (``sweep.progress_s=0``) and on at a 0.2 s interval
+    (150 times the default's rate), twice each, side by side; and, exactly, what one epoch post costs a trial
+    (``EpochPoster`` on a real board, every call posting)."""
+    from ness_sweep.sweep.progress import EpochBoard, EpochPoster
+    from ness_sweep.trainer import EpochProgress
+
+    runs = {}
+    with tempfile.TemporaryDirectory() as scratch:
+        for label, interval in (("progress off", 0), ("progress every 0.2 s", 0.2), ("progress off, again", 0),
+                                ("progress every 0.2 s, again", 0.2)):
+            _, _, runs[label] = timed_sweep([*args, "wandb.mode=disabled", f"sweep.progress_s={interval}"], scratch,
+                                            f"run{len(runs)}")
+            progress(f"{label}: {runs[label]}")
+    import ray
+
+    ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    board = EpochBoard.remote()
+    poster = EpochPoster(board, 0.0, "t", None)
+    epoch, posts = EpochProgress(2, 5, 3, 10, 0.5, 0.6, 0.05, 1.0), 2000
+    started = time.perf_counter()
+    for _ in range(posts):
+        poster(epoch)
+    per_post = (time.perf_counter() - started) / posts
+    ray.kill(board)
+    ray.shutdown()
+    off = [run for label, run in runs.items() if "off" in label]
+    on = [run for label, run in runs.items() if "off" not in label]
+    change = sum(r["compute"] for r in on) / sum(r["compute"] for r in off) - 1
+    print(f"{trials} trials, {on[0]['concurrency']} at a time, W&B disabled; one epoch post costs the trial "
+          f"{per_post * 1e6:.0f} µs; Σ trial compute with progress against without: {change:+.1%}")
+    print()
+    print("| run | wall time (s) | Σ trial compute (s) | trial compute per trial (s) | framework overhead per trial (s) |")
+    print("|---|---:|---:|---:|---:|")
+    for label, run in runs.items():
+        print(f"| {label} | {run['wall']:.1f} | {run['compute']:.1f} | {run['compute'] / trials:.3f} | "
+              f"{run['overhead']:.3f} |")
+
+
 def loop(plan_args, params_list):
     """Train the configurations one after another in this process; returns (seconds, ACCs)."""
     plan = planning.build_plan(plan_args)
@@ -107,6 +185,12 @@ def main(argv):
     trials = int(options.get("trials", 32))
     args = [f"space={options.get('space', 'rank_threshold')}", f"sweep.num_samples={trials}", "sweep.scheduler=fifo",
             *extra]
+    if "json_logger" in argv:
+        json_logger_cost([a for a in args if a != "json_logger"], trials)
+        return
+    if "live_progress" in argv:
+        live_progress_cost([a for a in args if a != "live_progress"], trials)
+        return
     with tempfile.TemporaryDirectory() as scratch:
         in_wandb = time_wandb_callback()
         plan, rows, offline = timed_sweep(args, scratch, "wandb_offline")

@@ -24,6 +24,8 @@ from typing import Dict, List, Set, Tuple
 import pyarrow.parquet as pq
 import pytest
 
+from test_user_code import STREAMS
+
 REPO = Path(__file__).resolve().parent.parent
 CLUSTER_HOST = Path(__file__).with_name("two_node_cluster.py")
 CLUSTER_START_TIMEOUT_S = 120
@@ -239,3 +241,48 @@ def test_local_sweep_starts_ray_on_loopback_only(tmp_path):
     assert local["nodes"] == ["127.0.0.1"]
     assert len(local["listening"]) >= 2  # at least the GCS and the raylet
     assert {ip for ip, _ in local["listening"]} == {"127.0.0.1"}
+
+
+# ---- the user's own code on the cluster ---------------------------------------------------------
+
+USER_NETS = '''
+import os
+from torch import nn
+
+def build(stream):
+    """Notes where this module was imported from, in the process that builds the model."""
+    with open({probe!r}, "a") as notes:
+        notes.write(os.path.abspath(__file__) + "\\n")
+    body = nn.Sequential(nn.Linear(stream.input_shape[0], 16), nn.ReLU())
+    heads = nn.ModuleList(nn.Linear(16, task.num_classes) for task in stream.tasks)
+    model = nn.Module()
+    model.body, model.heads = body, heads
+    model.forward = lambda x, task: heads[task](body(x))
+    return model
+'''
+
+
+def test_a_sweep_ships_the_users_modules_to_the_cluster(cluster, tmp_path):
+    """The user's benchmark and model live in a folder only the driver can import (its PYTHONPATH; it runs
+    from another folder, and the nodes were started without either): the trials on both nodes import them
+    from what the sweep shipped through runtime_env py_modules, and train."""
+    code, elsewhere, probe = tmp_path / "code", tmp_path / "elsewhere", tmp_path / "imported_from.txt"
+    code.mkdir()
+    elsewhere.mkdir()
+    (code / "user_streams.py").write_text(STREAMS)  # 3 tasks of Gaussian blobs
+    (code / "user_nets.py").write_text(USER_NETS.format(probe=str(probe)))
+    env = {**cluster.env, "PYTHONPATH": str(code)}
+    done = subprocess.run(
+        sweep_command(f"ray.address={cluster.address}", f"output_dir={tmp_path / 'out'}", "sweep.name=user_code",
+                      "benchmark=user_streams:make", "model=user_nets:build", "sweep.num_samples=2",
+                      "train.epochs=1", "trial.cpu=1", "sweep.scheduler=fifo"),
+        capture_output=True, text=True, env=env, cwd=elsewhere, timeout=SWEEP_TIMEOUT_S)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    rows = pq.read_table(tmp_path / "out" / "user_code" / "results.parquet").to_pylist()
+    assert [row["status"] for row in rows] == ["TERMINATED", "TERMINATED"], [row["error"] for row in rows]
+    assert all(len(row["acc_matrix"]) == 3 for row in rows)
+    imported_from = probe.read_text().splitlines()
+    driver = str(code / "user_nets.py")
+    assert driver in imported_from  # the driver's check builds the model once from the user's folder
+    shipped = [path for path in imported_from if path != driver]
+    assert shipped and all("runtime_resources" in path for path in shipped), imported_from  # trials: Ray's copy

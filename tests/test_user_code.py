@@ -275,3 +275,68 @@ def test_a_layer_ness_cannot_adapt_is_refused_under_ness_only(digits, monkeypatc
     with pytest.raises(UserError) as caught:
         check_model_fits(load_run_config(["model=grouped", "method=ness"]), digits)
     assert str(caught.value) == "model=grouped: 1: Conv1d with groups=2 is not supported by NESS (groups must be 1)"
+
+
+# ---- sweeps over the user's code -----------------------------------------------------------------
+
+def sweep_cli(args, cwd: Path, **env_changes: str) -> subprocess.CompletedProcess:
+    """The sweep command as a user types it, in its own process (its own local Ray, bound to loopback)."""
+    env = {key: value for key, value in os.environ.items() if key != "RAY_ADDRESS"}
+    env.update(RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", PYTHONDONTWRITEBYTECODE="1", **env_changes)
+    space = [] if any(arg.startswith("space=") for arg in args) else ["space=smoke"]
+    return subprocess.run([sys.executable, "-m", "ness_sweep.run", *space, "wandb.mode=disabled",
+                           "sweep.num_samples=2", "sweep.scheduler=fifo", "train.epochs=1", "trial.cpu=1", *args],
+                          cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_a_two_trial_sweep_trains_the_users_benchmark_and_model_from_the_working_directory(tmp_path):
+    import pyarrow.parquet as pq
+
+    folder = write_user_code(tmp_path / "user")
+    done = sweep_cli(["benchmark=streams:make", "model=nets:build", f"output_dir={tmp_path / 'out'}",
+                      "sweep.name=mine"], folder)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    rows = pq.read_table(tmp_path / "out" / "mine" / "results.parquet").to_pylist()
+    assert [row["status"] for row in rows] == ["TERMINATED", "TERMINATED"], [row["error"] for row in rows]
+    assert {row["benchmark"] for row in rows} == {"streams:make"} and {row["model"] for row in rows} == {"nets:build"}
+    assert all(len(row["acc_matrix"]) == 3 and row["acc"] > 60 for row in rows)  # 3 blob tasks; chance is 50
+    assert "python -m ness_sweep.train benchmark=streams:make" in done.stdout
+
+
+@pytest.mark.parametrize("arg, says", [
+    ("model=nets:missing", "model=nets:missing: "),
+    ("benchmark=no_such_module:make", "benchmark=no_such_module:make: no module named no_such_module"),
+    ("model=nets:too_few_heads", "has 1 heads for 3 tasks"),
+    ("model=alexnet", "model=alexnet: does not take benchmark=streams:make's inputs"),
+])
+def test_a_sweep_over_bad_user_code_is_one_line_before_ray_starts(arg, says, tmp_path):
+    folder = write_user_code(tmp_path / "user")
+    args = ["benchmark=streams:make", "model=nets:build", arg, f"output_dir={tmp_path / 'out'}"]
+    done = sweep_cli(args, folder)
+    assert done.returncode == 2, done.stdout[-2000:] + done.stderr[-2000:]
+    assert len(done.stderr.strip().splitlines()) == 1 and says in done.stderr, done.stderr
+    assert "sweep " not in done.stdout  # the header comes once Ray is up: it never started
+    assert not (tmp_path / "out").exists() and sorted(p.name for p in folder.iterdir()) == ["nets.py", "streams.py"]
+
+
+def test_a_searched_model_choice_is_checked_option_by_option(tmp_path):
+    folder = write_user_code(tmp_path / "user")
+    (folder / "space.yaml").write_text("search:\n  model: {choice: ['nets:build', 'nets:wrong_type']}\n")
+    done = sweep_cli(["space=space.yaml", "benchmark=streams:make", f"output_dir={tmp_path / 'out'}"], folder)
+    assert done.returncode == 2 and "model=nets:wrong_type: the builder returned a str" in done.stderr, done.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_user_modules_to_ship_are_the_users_own_files(user_folder):
+    from ness_sweep.user_code import local_module_paths
+
+    (user_folder / "pkg").mkdir()
+    (user_folder / "pkg" / "__init__.py").write_text("")
+    (user_folder / "pkg" / "nets.py").write_text(NETS)
+    try:
+        paths = local_module_paths(["streams:make", "pkg.nets:build", "mlp", "ness_sweep.models:mlp",
+                                    "json:dumps", "numpy.random:default_rng", "streams:make"])
+    finally:
+        sys.modules.pop("pkg", None)
+    # a module file and a package folder, once each; registry names, ness_sweep and installed packages are not shipped
+    assert paths == [str(user_folder / "streams.py"), str(user_folder / "pkg")]

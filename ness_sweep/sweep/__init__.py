@@ -4,6 +4,7 @@
 - ``plan``: everything decided before any work, and the plan a resume continues;
 - ``trial``: the worker side, one trial through its own task stream on each seed;
 - ``callbacks`` and ``dashboards``: the driver side, the output lines, the results table, W&B runs;
+- ``progress``: live progress, trials posting epochs to a small actor that the driver reads;
 - ``tuner``: Ray and the Tuner; ``driver``: one sweep from settings to results (the Python API);
 - ``__main__``: ``python -m ness_sweep.sweep`` (also ``python -m ness_sweep.run``).
 

@@ -30,6 +30,7 @@ from ..benchmarks import STREAM_KEYS, stream_settings
 from ..config import (RunConfig, SweepConfig, SweepSettings, UserError, first_line, flatten, joins_cluster,
                       load_sweep_config, merge_onto, parse_overrides, resolved, schema_types, unflatten, validate_run,
                       validate_sweep)
+from .code import check_code
 from .space import Distribution, SearchSpace, known_spaces, load_space, space_from_record
 
 
@@ -41,7 +42,7 @@ DEFAULT_NUM_SAMPLES = 10
 
 # Keys a resume may change: where and how fast the sweep runs, never what a trial trains.
 RESUME_MAY_CHANGE = ("resume", "output_dir", "sweep.name", "sweep.max_concurrent", "ray.address", "wandb.mode",
-                     "trial.max_failures")
+                     "trial.max_failures", "dry_run")
 
 
 MAX_STREAMS = 16  # distinct task streams a sweep may hold in Ray's object store (searched stream-shaping keys)
@@ -154,6 +155,7 @@ def _complete_plan(cfg: DictConfig, space: SearchSpace, command_line: List[str])
                      seeds, name=str(cfg.sweep.name or ""), device=_trial_device(cfg), command_line=command_line)
     _column_types(plan)  # choice options of mixed types fail here, not at the end of the sweep
     stream_variants(plan)  # searched stream-shaping keys: finitely many streams, or refused here
+    check_code(cfg, searched)  # every benchmark, model and method a trial may name resolves
     return plan
 
 

@@ -12,7 +12,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, Optional, Sequence
 
 import optuna
 import pyarrow as pa
@@ -20,8 +20,8 @@ import pyarrow.fs as pafs
 import ray
 import torch
 from ray import tune
+from ray.tune.logger import JsonLoggerCallback
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-from ray.tune.search.optuna import OptunaSearch
 
 from .. import environment, results
 from ..environment import TUNE_SETTINGS
@@ -30,37 +30,29 @@ from ..config import UserError, first_line, joins_cluster
 from ..data import TaskStream
 from . import dashboards
 from .callbacks import ProgressLines, ResultsTable
+from .code import check_models_fit, shipped_modules
 from .plan import SweepPlan, machine_cpus, stream_variants, write_plan
+from .preview import trials_at_once
+from .progress import EpochSender, LiveProgress, epoch_sender
+from .study import FinalMetricsOptunaSearch, StudyDatabase, sqlite_storage
 from .trial import run_trial
 
 # Tune's defaults cost time per trial and print a status table; the sweep replaces both.
 
 
-class FinalMetricsOptunaSearch(OptunaSearch):
-    """Optuna judges a trial by its final metrics only: per-task reports do not carry them, and a trial
-    the scheduler stopped early (or that diverged) counts as pruned."""
-
-    def _complete(self, result: Optional[Dict[str, Any]]) -> bool:
-        metrics = self.metric if isinstance(self.metric, list) else [self.metric]
-        return bool(result) and all(result.get(m) is not None for m in metrics)
-
-    def on_trial_result(self, trial_id: str, result: Dict[str, Any]) -> None:
-        if self._complete(result):
-            super().on_trial_result(trial_id, result)
-
-    def on_trial_complete(self, trial_id: str, result: Optional[Dict[str, Any]] = None, error: bool = False) -> None:
-        super().on_trial_complete(trial_id, result if self._complete(result) else None, error)
-
-
-def make_searcher(plan: SweepPlan) -> FinalMetricsOptunaSearch:
-    """Optuna's TPE over the space, seeded by sweep.seed: the same command proposes the same configurations."""
+def make_searcher(plan: SweepPlan, database: Optional[str] = None) -> FinalMetricsOptunaSearch:
+    """Optuna's TPE over the space, seeded by sweep.seed: the same command proposes the same configurations.
+    The study, named after the sweep, lives in the SQLite file ``database`` (``optuna.db``); None: in memory."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     multi = len(plan.metrics) > 1
-    return FinalMetricsOptunaSearch(
+    searcher = FinalMetricsOptunaSearch(
         space={key: dist.to_optuna() for key, dist in plan.space.search.items()},
         metric=plan.metrics if multi else plan.metrics[0],
         mode=plan.modes if multi else plan.modes[0],
-        seed=plan.cfg.sweep.seed)
+        seed=plan.cfg.sweep.seed, study_name=plan.name,
+        storage=sqlite_storage(database) if database else None)
+    searcher.database = database
+    return searcher
 
 
 def make_scheduler(plan: SweepPlan, num_tasks: int):
@@ -71,15 +63,19 @@ def make_scheduler(plan: SweepPlan, num_tasks: int):
                          grace_period=min(2, num_tasks), reduction_factor=2)
 
 
-def connect_ray(plan: SweepPlan) -> bool:
+def connect_ray(plan: SweepPlan, modules: Sequence[str] = ()) -> bool:
     """Join ``ray.address`` (or RAY_ADDRESS), or start a local Ray on loopback sized to the trials.
 
-    Returns whether this call connected (and so should disconnect); a Ray already running in this
-    process (a notebook, the tests) is used as it is.
+    ``modules``: the user's own modules the trials import (``code.shipped_modules``), shipped to every node
+    through the job's ``runtime_env`` (``py_modules``). Returns whether this call connected (and so should
+    disconnect); a Ray already running in this process (a notebook, the tests) is used as it is, and its
+    workers import what its own ``runtime_env`` and working directory give them.
     """
     if ray.is_initialized():
         return False
     quiet = {"log_to_driver": False, "logging_level": "ERROR"}
+    if modules:
+        quiet["runtime_env"] = {"py_modules": list(modules)}
     if joins_cluster(plan.cfg):
         address = plan.cfg.ray.address or os.environ["RAY_ADDRESS"]
         try:
@@ -109,18 +105,17 @@ def concurrency(plan: SweepPlan) -> int:
     if joins_cluster(plan.cfg) and plan.cfg.sweep.max_concurrent:
         return plan.cfg.sweep.max_concurrent
     available = ray.cluster_resources()
-    trial = plan.cfg.trial
-    fits = math.floor(available.get("CPU", 1) / trial.cpu + 1e-9)
-    if trial.gpu > 0:
-        fits = min(fits, math.floor(available.get("GPU", 0) / trial.gpu + 1e-9))
-    if plan.cfg.sweep.max_concurrent:
-        fits = min(fits, plan.cfg.sweep.max_concurrent)
-    return max(1, fits)
+    return trials_at_once(available.get("CPU", 1), available.get("GPU", 0), plan.cfg.trial,
+                          plan.cfg.sweep.max_concurrent)
 
 
 def load_streams(plan: SweepPlan) -> Dict[str, TaskStream]:
-    """Each distinct task stream of the sweep, loaded once in the driver, keyed by ``stream_key``."""
-    return {key: stream_for(cfg, seed) for key, (cfg, seed) in stream_variants(plan).items()}
+    """Each distinct task stream of the sweep, loaded once in the driver, keyed by ``stream_key``; every
+    model the sweep may build is tried on each (``code.check_models_fit``) before Ray starts."""
+    variants = stream_variants(plan)
+    streams = {key: stream_for(cfg, seed) for key, (cfg, seed) in variants.items()}
+    check_models_fit([(cfg, streams[key]) for key, (cfg, _) in variants.items()], plan.space.search)
+    return streams
 
 
 @dataclass
@@ -139,7 +134,7 @@ def run_sweep(plan: SweepPlan, out: Callable[[str], None] = print) -> SweepOutco
     streams = load_streams(plan)
     num_tasks = max(len(stream.tasks) for stream in streams.values())
     folder = plan.folder
-    connected = connect_ray(plan)
+    connected = connect_ray(plan, shipped_modules(plan.cfg, plan.space.search, streams.values()))
     try:
         if not plan.cfg.resume:
             folder.filesystem.create_dir(folder.path(), recursive=True)
@@ -149,11 +144,13 @@ def run_sweep(plan: SweepPlan, out: Callable[[str], None] = print) -> SweepOutco
             f"{', '.join(f'{m} ({mode})' for m, mode in zip(plan.metrics, plan.modes))}, scheduler {plan.scheduler}, "
             f"{_benchmarks(streams)} on {plan.device}; results in {plan.sweep_dir}")
         refs = {key: ray.put(stream) for key, stream in streams.items()}
-        with WandbDirectory(plan) as wandb_dir, _quiet_tune_errors(), environment.scoped(TUNE_SETTINGS):
-            callbacks = [ProgressLines(plan, num_tasks, out), ResultsTable(plan)]
+        with WandbDirectory(plan) as wandb_dir, StudyDatabase(folder) as study_file, _quiet_tune_errors(), \
+                environment.scoped(TUNE_SETTINGS), epoch_sender(plan) as sender:
+            callbacks = [ProgressLines(plan, num_tasks, out), LiveProgress(plan, num_tasks, parallel, out, sender),
+                         ResultsTable(plan), JsonLoggerCallback()]  # Tune's result.json: Ray's readers work
             if plan.cfg.wandb.mode != "disabled":
                 callbacks.append(dashboards.WandbRuns(plan, wandb_dir))  # after ResultsTable: reads its table
-            _tuner(plan, refs, num_tasks, parallel, callbacks).fit()
+            _tuner(plan, refs, num_tasks, parallel, callbacks, study_file, sender).fit()
     finally:
         if connected:
             ray.shutdown()
@@ -184,11 +181,13 @@ def _import_wandb() -> None:
     wandb.setup()
 
 
-def _tuner(plan: SweepPlan, streams: Dict[str, Any], num_tasks: int, parallel: int, callbacks) -> tune.Tuner:
+def _tuner(plan: SweepPlan, streams: Dict[str, Any], num_tasks: int, parallel: int, callbacks,
+           study_file: str, sender: Optional[EpochSender] = None) -> tune.Tuner:
     trial, folder = plan.cfg.trial, plan.folder
     fs, root = folder.filesystem, folder.path().rpartition("/")[0]
     trainable = tune.with_resources(
-        tune.with_parameters(run_trial, streams=streams, settings=plan.run_settings(), seeds=plan.seeds),
+        tune.with_parameters(run_trial, streams=streams, settings=plan.run_settings(), seeds=plan.seeds,
+                             progress=sender),
         {"cpu": trial.cpu, "gpu": trial.gpu})
     failures = tune.FailureConfig(max_failures=trial.max_failures)
     if plan.cfg.resume:
@@ -200,10 +199,12 @@ def _tuner(plan: SweepPlan, streams: Dict[str, Any], num_tasks: int, parallel: i
             internal.get_run_config().callbacks = callbacks
             internal.get_run_config().failure_config = failures
             internal._tune_config.max_concurrent_trials = parallel
+            internal._tune_config.search_alg.database = study_file  # this run's copy of optuna.db
         return tuner
     return tune.Tuner(
         trainable,
-        tune_config=tune.TuneConfig(search_alg=make_searcher(plan), scheduler=make_scheduler(plan, num_tasks),
+        tune_config=tune.TuneConfig(search_alg=make_searcher(plan, study_file),
+                                    scheduler=make_scheduler(plan, num_tasks),
                                     num_samples=plan.num_samples, max_concurrent_trials=parallel, reuse_actors=True,
                                     trial_dirname_creator=_trial_dirname),
         run_config=tune.RunConfig(

@@ -22,6 +22,7 @@ from PIL import Image, ImageDraw, ImageFont
 from ray import tune
 
 from .. import environment, results
+from ..results import Status
 from ..config import UserError, resolved
 from .callbacks import trial_status
 from .plan import trial_run_config
@@ -214,11 +215,11 @@ class WandbRuns(tune.Callback):
         self._finish(trial, trial_status(trial.last_result))
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self._finish(trial, "ERROR")
+        self._finish(trial, Status.ERROR)
 
     def on_experiment_end(self, trials, **info):
         for trial in trials:
-            self._finish(trial, "UNFINISHED")
+            self._finish(trial, Status.UNFINISHED)
         self.remove_orphans({trial.trial_id for trial in trials})
         self.log_results_table()
 

@@ -11,6 +11,7 @@ DIR given. Works while a sweep runs too.
 
 from __future__ import annotations
 
+import collections
 import re
 import shlex
 import sys
@@ -83,18 +84,25 @@ def _objectives(meta: Dict[str, Any]) -> str:
     return ", ".join(f"{m} ({mode})" for m, mode in zip(meta["metrics"], meta["modes"]))
 
 
+def status_text(statuses: Sequence[str]) -> str:
+    """How many trials are in each status: '8 stopped, 8 terminated'."""
+    return ", ".join(f"{n} {status.lower()}" for status, n in sorted(collections.Counter(statuses).items()))
+
+
+def random_search_note(num_trials: int) -> Optional[str]:
+    """A line for a sweep too small for TPE to act (its first trials are drawn at random), else None."""
+    if num_trials > TPE_STARTUP_TRIALS:
+        return None
+    return (f"  a random search: Optuna's TPE draws its first {TPE_STARTUP_TRIALS} trials at random, so "
+            f"only sweep.num_samples > {TPE_STARTUP_TRIALS} lets it learn from results")
+
+
 def sweep_header(table: pa.Table) -> List[str]:
     """'sweep NAME: N trials (statuses)', and a line saying so when the sweep is too small for TPE to act."""
-    meta = sweep_metadata(table)
-    counts: Dict[str, int] = {}
-    for status in table.column("status").to_pylist():
-        counts[status] = counts.get(status, 0) + 1
-    status_text = ", ".join(f"{n} {status.lower()}" for status, n in sorted(counts.items()))
-    lines = [f"sweep {meta['sweep']}: {table.num_rows} trials ({status_text})"]
-    if table.num_rows <= TPE_STARTUP_TRIALS:
-        lines.append(f"  a random search: Optuna's TPE draws its first {TPE_STARTUP_TRIALS} trials at random, so "
-                     f"only sweep.num_samples > {TPE_STARTUP_TRIALS} lets it learn from results")
-    return lines
+    lines = [f"sweep {sweep_metadata(table)['sweep']}: {table.num_rows} trials "
+             f"({status_text(table.column('status').to_pylist())})"]
+    note = random_search_note(table.num_rows)
+    return lines + ([note] if note else [])
 
 
 def leaderboard(table: pa.Table, top: int = 5) -> str:

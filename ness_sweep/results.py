@@ -8,12 +8,14 @@ per run setting (``train.lr``, ``ness.rank``, ...) typed by the sweep, and JSON 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+import tempfile
 import uuid
 from dataclasses import dataclass
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Sequence, Tuple
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -71,6 +73,28 @@ class SweepFolder:
 
     def exists(self, *parts: str) -> bool:
         return exists(self.filesystem, self.path(*parts))
+
+    @contextlib.contextmanager
+    def staged_locally(self, entry: str, fetch: bool) -> Iterator[str]:
+        """A local path for ``entry`` while a block runs, for writers of local files only (SQLite, W&B): the
+        folder's own for a local output_dir; for a URI one in a temporary folder, fetched from the sweep folder
+        first when ``fetch`` and it exists there, and copied back at the end (a driver killed meanwhile leaves
+        the folder's copy as the last run ended)."""
+        if isinstance(self.filesystem, pafs.LocalFileSystem):
+            yield self.path(entry)
+            return
+        local_fs = pafs.LocalFileSystem()
+        with tempfile.TemporaryDirectory(prefix="ness_sweep_staging_") as staging:
+            local = os.path.join(staging, entry)
+            if fetch and self.exists(entry):
+                pafs.copy_files(self.path(entry), local, source_filesystem=self.filesystem,
+                                destination_filesystem=local_fs)
+            try:
+                yield local
+            finally:
+                if os.path.exists(local):
+                    pafs.copy_files(local, self.path(entry), source_filesystem=local_fs,
+                                    destination_filesystem=self.filesystem)
 
 # Columns before the config columns: who the trial is and where it ran.
 ID_COLUMNS = [

@@ -2,6 +2,7 @@
 the results table's column types, and the flatten / unflatten / argument helpers. Expected values are worked
 out by hand in each test."""
 
+import os
 import shlex
 
 import pyarrow as pa
@@ -12,6 +13,7 @@ from ness_sweep.config import (RunConfig, SweepConfig, UserError, argument_value
                                load_run_config, parse_overrides, resolved, unflatten)
 from ness_sweep.report import train_command
 from ness_sweep.sweep import plan as planning
+from ness_sweep.sweep.columns import column_types
 
 
 def rows(*metrics):
@@ -80,7 +82,7 @@ def test_column_types_follow_the_schema_and_the_space(tmp_path):
     space = tmp_path / "space.yaml"
     space.write_text("search:\n  ness.rank: {choice: [4, 8]}\n  train.lr: {loguniform: [0.01, 0.1]}\n")
     plan = planning.build_plan([f"space={space}", f"output_dir={tmp_path / 'out'}"])
-    types = dict(planning._column_types(plan))
+    types = dict(column_types(plan.run_settings(), plan.space))
     assert types["ness.rank"] == pa.int64()  # free-typed key: the type its choices share (a count)
     assert types["train.lr"] == pa.float64() and types["train.epochs"] == pa.int64()
     assert types["benchmark"] == pa.string() and "seed" not in types and "output" not in types
@@ -103,3 +105,31 @@ def test_flatten_unflatten_and_arguments_round_trip():
     assert argument_value(1 / 3) == "0.3333333333333333"
     with pytest.raises(UserError, match="train.lr.x: lr is a value"):
         unflatten({"train.lr": 1, "train.lr.x": 2})
+
+
+def test_a_uri_sweep_folder_stages_local_only_writers_and_copies_them_back(tmp_path, monkeypatch):
+    """SQLite and W&B write local files only: for a folder on another file system (here a SubTreeFileSystem,
+    which is not a LocalFileSystem) each entry is written in a temporary folder and copied back at the end."""
+    import pyarrow.fs as pafs
+
+    remote = tmp_path / "remote"
+    (remote / "root" / "s").mkdir(parents=True)
+    (remote / "root" / "s" / "optuna.db").write_text("from the last run")
+    subtree = pafs.SubTreeFileSystem(str(remote), pafs.LocalFileSystem())
+    monkeypatch.setattr(results, "filesystem_and_path", lambda location: (subtree, "root"))
+    folder = results.SweepFolder("bucket://anywhere", "s")
+    with folder.staged_locally(folder.OPTUNA, fetch=True) as study, \
+            folder.staged_locally(folder.WANDB, fetch=False) as wandb_dir:
+        assert not study.startswith(str(remote)) and open(study).read() == "from the last run"  # fetched
+        open(study, "w").write("this run")
+        os.makedirs(os.path.join(wandb_dir, "run-1"))
+        open(os.path.join(wandb_dir, "run-1", "run.wandb"), "w").write("records")
+    assert (remote / "root" / "s" / "optuna.db").read_text() == "this run"
+    assert (remote / "root" / "s" / "wandb" / "run-1" / "run.wandb").read_text() == "records"
+    assert not os.path.exists(study)  # the staging folder is gone
+
+
+def test_a_local_sweep_folder_is_written_in_place(tmp_path):
+    folder = results.SweepFolder(str(tmp_path), "s")
+    with folder.staged_locally(folder.OPTUNA, fetch=True) as study:
+        assert study == str(tmp_path / "s" / "optuna.db")

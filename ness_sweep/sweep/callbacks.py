@@ -10,7 +10,8 @@ from ray.tune.experiment import Trial
 from .. import results
 from ..results import Status
 from ..config import flatten, resolved
-from .plan import SweepPlan, _column_types, trial_run_config
+from .columns import column_types
+from .plan import SweepPlan, trial_run_config
 
 
 TUNE_ENDED = (Trial.TERMINATED, Trial.ERROR)  # Tune's own states of a trial that will not run again
@@ -39,7 +40,7 @@ def _error_line(trial) -> str:
     return lines[-1] if lines else "the trial failed without a message"
 
 
-def _short_params(params: Dict[str, Any]) -> str:
+def short_params(params: Dict[str, Any]) -> str:
     return " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
 
 
@@ -53,7 +54,7 @@ class ProgressLines(tune.Callback):
         ended = {t.trial_id for t in trials if t.status in TUNE_ENDED} | {trial.trial_id}
         width = len(str(self.plan.num_samples))
         self.out(f"[{len(ended):>{width}}/{self.plan.num_samples}] {trial.trial_id}  {text}  "
-                 f"{_short_params(trial.config)}")
+                 f"{short_params(trial.config)}")
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         result = trial.last_result
@@ -76,7 +77,7 @@ class ResultsTable(tune.Callback):
 
     def __init__(self, plan: SweepPlan):
         self.plan = plan
-        self.columns = _column_types(plan)
+        self.columns = column_types(plan.run_settings(), plan.space)
         self.schema = results.make_schema(self.columns, {
             "sweep": plan.name,
             "space": plan.space.source,

@@ -14,13 +14,11 @@ import math
 import os
 import socket
 import tempfile
-import typing
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-import pyarrow as pa
 import pyarrow.fs as pafs
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -31,7 +29,8 @@ from ..config import (RunConfig, SweepConfig, SweepSettings, UserError, first_li
                       load_sweep_config, merge_onto, parse_overrides, resolved, schema_types, unflatten, validate_run,
                       validate_sweep)
 from .code import check_code
-from .space import Distribution, SearchSpace, known_spaces, load_space, space_from_record
+from .columns import column_types
+from .space import SearchSpace, known_spaces, load_space, space_from_record
 
 
 NATURAL_MODE = {"acc": "max", "bwt": "max", "forgetting": "min"}  # the sweep's possible objectives
@@ -49,11 +48,6 @@ MAX_STREAMS = 16  # distinct task streams a sweep may hold in Ray's object store
 
 
 CLUSTER_CONNECT_TIMEOUT_S = 30.0
-
-# Run-config keys that are not columns of the results table: seeds get their own column, the rest
-# only steer a single run's command line.
-NOT_COLUMNS = ("seed", "seeds", "output", "preset")
-
 
 @dataclass
 class SweepPlan:
@@ -153,7 +147,7 @@ def _complete_plan(cfg: DictConfig, space: SearchSpace, command_line: List[str])
     seeds = None if "seed" in searched else list(listed or [cfg.seed])
     plan = SweepPlan(cfg, space, metrics, modes, scheduler, cfg.sweep.num_samples or DEFAULT_NUM_SAMPLES,
                      seeds, name=str(cfg.sweep.name or ""), device=_trial_device(cfg), command_line=command_line)
-    _column_types(plan)  # choice options of mixed types fail here, not at the end of the sweep
+    column_types(plan.run_settings(), space)  # choice options of mixed types fail here, not at the end
     stream_variants(plan)  # searched stream-shaping keys: finitely many streams, or refused here
     check_code(cfg, searched)  # every benchmark, model and method a trial may name resolves
     return plan
@@ -364,49 +358,3 @@ def stream_variants(plan: SweepPlan) -> Dict[str, Tuple[DictConfig, int]]:
         for seed in plan.trial_seeds(cfg):
             variants.setdefault(stream_key(stream_settings(cfg, seed)), (cfg, seed))
     return variants
-
-
-def _column_types(plan: SweepPlan) -> List[Tuple[str, pa.DataType]]:
-    """One typed column per run-config key: the schema's type, or for free-typed keys (ness.rank: a count
-    or a fraction) the type the space samples or the value has."""
-    hints = schema_types(RunConfig)
-    columns = []
-    for key, value in flatten(plan.run_settings()).items():
-        if key in NOT_COLUMNS and key not in plan.space.search:  # a searched seed is a column of its own
-            continue
-        hint = hints[key]
-        if hint is Any and key in plan.space.search:
-            kind = _distribution_type(plan.space.search[key], f"{plan.space.source}: search.{key}")
-        elif hint is Any:
-            kind = _value_type(value)
-        else:
-            kind = _hint_type(hint)
-        columns.append((key, kind))
-    return columns
-
-
-def _hint_type(hint: Any) -> pa.DataType:
-    args = [a for a in typing.get_args(hint) if a is not type(None)]
-    if typing.get_origin(hint) is typing.Union:
-        return _hint_type(args[0])
-    if typing.get_origin(hint) in (list, List):
-        return pa.list_(_hint_type(args[0]))
-    return {bool: pa.bool_(), int: pa.int64(), float: pa.float64(), str: pa.string()}[hint]
-
-
-def _value_type(value: Any) -> pa.DataType:
-    if value is None:
-        return pa.float64()
-    return _hint_type(type(value))
-
-
-def _distribution_type(dist: Distribution, where: str) -> pa.DataType:
-    if dist.kind in ("loguniform", "uniform"):
-        return pa.float64()
-    if dist.kind == "int":
-        return pa.int64()
-    kinds = {_value_type(v) for v in dist.values if v is not None}
-    if len(kinds) > 1:
-        raise UserError(f"{where}: choice options must share one type here (an int rank is a count, "
-                          f"a float a fraction); got {list(dist.values)}")
-    return kinds.pop() if kinds else pa.float64()

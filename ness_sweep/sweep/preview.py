@@ -9,7 +9,7 @@ from typing import Any, Dict, List, Optional
 
 from .. import results
 from ..config import argument_value, flatten, joins_cluster, resolved
-from ..report import TPE_STARTUP_TRIALS
+from ..report import random_search_note, status_text
 from .plan import SweepPlan, machine_cpus
 from .space import Distribution
 
@@ -62,8 +62,7 @@ def _recorded(plan: SweepPlan) -> str:
     if not folder.exists(folder.TABLE):
         return "no trial recorded yet"
     statuses = results.read_table(folder.location).column("status").to_pylist()
-    counts = ", ".join(f"{statuses.count(s)} {s.lower()}" for s in sorted(set(statuses)))
-    return f"{len(statuses)} trials recorded ({counts}); the resume continues those not ended"
+    return f"{len(statuses)} trials recorded ({status_text(statuses)}); the resume continues those not ended"
 
 
 def describe(plan: SweepPlan) -> str:
@@ -88,9 +87,8 @@ def describe(plan: SweepPlan) -> str:
     objectives = ", ".join(f"{m} ({mode})" for m, mode in zip(plan.metrics, plan.modes))
     lines.append(f"trials: {plan.num_samples}, proposed by Optuna's TPE (sweep.seed={cfg.sweep.seed}); "
                  f"objectives {objectives}; scheduler {plan.scheduler}")
-    if plan.num_samples <= TPE_STARTUP_TRIALS:
-        lines.append(f"  a random search: TPE draws its first {TPE_STARTUP_TRIALS} trials at random, so only "
-                     f"sweep.num_samples > {TPE_STARTUP_TRIALS} lets it learn from results")
+    note = random_search_note(plan.num_samples)
+    lines += [note] if note else []
     lines.append("seeds: the space searches seed" if plan.seeds is None else
                  f"seeds: every trial runs {argument_value(plan.seeds)}"
                  + (" (rows hold mean ± std)" if len(plan.seeds) > 1 else ""))

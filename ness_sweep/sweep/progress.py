@@ -18,7 +18,7 @@ import ray
 from ray import tune
 from ray.tune.experiment import Trial
 
-from .callbacks import TUNE_ENDED, _short_params
+from .callbacks import TUNE_ENDED, short_params
 from .plan import SweepPlan
 
 if TYPE_CHECKING:  # the board's worker never imports the trainer (nor torch)
@@ -168,7 +168,7 @@ class LiveProgress(tune.Callback):
         self.out(f"{self.margin} {trial.trial_id}  {text}")
 
     def on_trial_start(self, iteration, trials, trial, **info):
-        self._line(trial, f"started  {_short_params(trial.config)}")
+        self._line(trial, f"started  {short_params(trial.config)}")
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         if result.get("acc_seen") is not None:  # a diverged trial's report has none: ProgressLines says so

@@ -3,18 +3,15 @@
 Tune pickles the searcher (``tuner.pkl`` at the start, its state at every experiment checkpoint) and a
 resume restores it from those pickles. A pickled SQLite storage would reconnect to the path of the run that
 pickled it (a staging folder since deleted, or a folder the sweep moved from), so the searcher pickles no
-storage: a restored searcher reopens this run's file (``StudyDatabase``) and keeps writing the same study.
+storage: a restored searcher reopens this run's file (``SweepFolder.staged_locally``) and keeps writing the same study.
 """
 
 from __future__ import annotations
 
 import pickle
-import tempfile
-from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 import optuna
-import pyarrow.fs as pafs
 from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 
@@ -33,9 +30,12 @@ class FinalMetricsOptunaSearch(OptunaSearch):
 
     database: Optional[str] = None  # the SQLite file this run writes; None: in memory
 
+    @property
+    def _metrics(self) -> List[str]:
+        return self.metric if isinstance(self.metric, list) else [self.metric]
+
     def _complete(self, result: Optional[Dict[str, Any]]) -> bool:
-        metrics = self.metric if isinstance(self.metric, list) else [self.metric]
-        return bool(result) and all(result.get(m) is not None for m in metrics)
+        return bool(result) and all(result.get(m) is not None for m in self._metrics)
 
     def _ended_in_study(self, trial_id: str) -> Optional[TrialState]:
         """The study trial's state when it has ended already: a resume runs again a trial whose end the
@@ -73,10 +73,9 @@ class FinalMetricsOptunaSearch(OptunaSearch):
 
     def _record_finish_again(self, trial_id: str, result: Dict[str, Any]) -> None:
         earlier = self._ot_study._storage.get_trial(self._ot_trials[trial_id]._trial_id)
-        metrics = self.metric if isinstance(self.metric, list) else [self.metric]
         self._ot_study.add_trial(optuna.trial.create_trial(
             params=earlier.params, distributions=earlier.distributions, user_attrs={TUNE_TRIAL_ID: trial_id},
-            values=[result[m] for m in metrics], state=TrialState.COMPLETE))
+            values=[result[m] for m in self._metrics], state=TrialState.COMPLETE))
 
     # ---- pickling: Tune saves the search, never the connection ----------------------------------
 
@@ -117,34 +116,3 @@ class FinalMetricsOptunaSearch(OptunaSearch):
         for optuna_id, trial in stored.items():
             if trial.state == TrialState.RUNNING and optuna_id not in known:
                 study.tell(trial.number, state=TrialState.FAIL)
-
-
-class StudyDatabase:
-    """Where ``optuna.db`` lives while the sweep runs: in the sweep folder for a local output_dir; for a URI
-    a local copy (SQLite writes only local files), fetched from the folder on resume and copied back at the
-    end (a driver killed meanwhile leaves the folder's copy as the last run ended)."""
-
-    def __init__(self, folder):
-        self.folder = folder
-        self.staging: Optional[tempfile.TemporaryDirectory] = None
-
-    def __enter__(self) -> str:
-        folder = self.folder
-        if isinstance(folder.filesystem, pafs.LocalFileSystem):
-            return folder.path(folder.OPTUNA)
-        self.staging = tempfile.TemporaryDirectory(prefix="ness_sweep_study_")
-        local = str(Path(self.staging.name) / folder.OPTUNA)
-        if folder.exists(folder.OPTUNA):
-            pafs.copy_files(folder.path(folder.OPTUNA), local, source_filesystem=folder.filesystem,
-                            destination_filesystem=pafs.LocalFileSystem())
-        return local
-
-    def __exit__(self, *exc) -> None:
-        if self.staging is None:
-            return
-        folder = self.folder
-        local = Path(self.staging.name) / folder.OPTUNA
-        if local.is_file():
-            pafs.copy_files(str(local), folder.path(folder.OPTUNA), source_filesystem=pafs.LocalFileSystem(),
-                            destination_filesystem=folder.filesystem)
-        self.staging.cleanup()

@@ -7,16 +7,13 @@ import contextlib
 import logging
 import math
 import os
-import tempfile
 import threading
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Sequence
 
 import optuna
 import pyarrow as pa
-import pyarrow.fs as pafs
 import ray
 import torch
 from ray import tune
@@ -34,10 +31,8 @@ from .code import check_models_fit, shipped_modules
 from .plan import SweepPlan, machine_cpus, stream_variants, write_plan
 from .preview import trials_at_once
 from .progress import EpochSender, LiveProgress, epoch_sender
-from .study import FinalMetricsOptunaSearch, StudyDatabase, sqlite_storage
+from .study import FinalMetricsOptunaSearch, sqlite_storage
 from .trial import run_trial
-
-# Tune's defaults cost time per trial and print a status table; the sweep replaces both.
 
 
 def make_searcher(plan: SweepPlan, database: Optional[str] = None) -> FinalMetricsOptunaSearch:
@@ -144,12 +139,14 @@ def run_sweep(plan: SweepPlan, out: Callable[[str], None] = print) -> SweepOutco
             f"{', '.join(f'{m} ({mode})' for m, mode in zip(plan.metrics, plan.modes))}, scheduler {plan.scheduler}, "
             f"{_benchmarks(streams)} on {plan.device}; results in {plan.sweep_dir}")
         refs = {key: ray.put(stream) for key, stream in streams.items()}
-        with WandbDirectory(plan) as wandb_dir, StudyDatabase(folder) as study_file, _quiet_tune_errors(), \
+        # W&B and SQLite write local files only: for a URI output_dir both are staged here and copied there
+        with folder.staged_locally(folder.WANDB, fetch=False) as wandb_dir, \
+                folder.staged_locally(folder.OPTUNA, fetch=True) as study_file, _quiet_tune_errors(), \
                 environment.scoped(TUNE_SETTINGS), epoch_sender(plan) as sender:
             callbacks = [ProgressLines(plan, num_tasks, out), LiveProgress(plan, num_tasks, parallel, out, sender),
                          ResultsTable(plan), JsonLoggerCallback()]  # Tune's result.json: Ray's readers work
             if plan.cfg.wandb.mode != "disabled":
-                callbacks.append(dashboards.WandbRuns(plan, wandb_dir))  # after ResultsTable: reads its table
+                callbacks.append(dashboards.WandbRuns(plan, os.path.dirname(wandb_dir)))  # W&B adds wandb/  # after ResultsTable: reads its table
             _tuner(plan, refs, num_tasks, parallel, callbacks, study_file, sender).fit()
     finally:
         if connected:
@@ -214,29 +211,3 @@ def _tuner(plan: SweepPlan, streams: Dict[str, Any], num_tasks: int, parallel: i
 
 def _trial_dirname(trial) -> str:
     return trial.trial_id
-
-
-class WandbDirectory:
-    """Where W&B writes: ``<sweep dir>/wandb`` for a local output_dir; for a URI a local staging folder,
-    copied to ``<sweep dir>/wandb`` at the end (W&B writes only to local disk)."""
-
-    def __init__(self, plan: SweepPlan):
-        self.plan = plan
-        self.staging: Optional[tempfile.TemporaryDirectory] = None
-
-    def __enter__(self) -> str:
-        folder = self.plan.folder
-        if isinstance(folder.filesystem, pafs.LocalFileSystem):
-            return folder.path()  # W&B adds the wandb/ folder itself
-        self.staging = tempfile.TemporaryDirectory(prefix="ness_sweep_wandb_")
-        return self.staging.name
-
-    def __exit__(self, *exc) -> None:
-        if self.staging is None:
-            return
-        folder = self.plan.folder
-        local = Path(self.staging.name) / folder.WANDB
-        if local.is_dir():
-            pafs.copy_files(str(local), folder.path(folder.WANDB),
-                            source_filesystem=pafs.LocalFileSystem(), destination_filesystem=folder.filesystem)
-        self.staging.cleanup()

@@ -11,11 +11,12 @@ import dataclasses
 import math
 import os
 import re
+import functools
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -42,6 +43,14 @@ def setting(default: Any = None, help: str = "", factory: Any = None) -> Any:
     if factory is not None:
         return field(default_factory=factory, metadata={"help": help})
     return field(default=default, metadata={"help": help})
+
+
+def settings_group(name: str, fields: Dict[str, Tuple[type, Any]]) -> type:
+    """A settings group as a dataclass built from ``{key: (type, setting(...))}``: unlike a ``class`` body, a
+    key may be a Python keyword (``ewc.lambda``). Such a class is a schema only: OmegaConf reads its fields."""
+    namespace = {"__annotations__": {key: kind for key, (kind, _) in fields.items()}}
+    namespace.update({key: value for key, (_, value) in fields.items()})
+    return dataclass(type(name, (), namespace), init=False, repr=False, eq=False)
 
 
 @dataclass
@@ -71,6 +80,31 @@ class NessSettings:
 
 
 @dataclass
+class GpmSettings:
+    threshold: Any = setting(None, "energy threshold in (0, 1): one number, or a list with one per adapted layer; "
+                                   "null: the paper's value for the benchmark (split_cifar100 0.97 + 0.003 t, "
+                                   "five_datasets 0.965, permuted streams 0.95 for the first layer and 0.99 after)")
+    samples: int = setting(300, "training samples per task whose layer inputs form the representation (the "
+                                "paper's code: 300 on permuted MNIST, 125 on CIFAR-100)")
+
+
+@dataclass
+class SgpSettings(GpmSettings):
+    scale: float = setting(10.0, "alpha of the importance (alpha+1) s / (alpha s + s_max) of each basis vector")
+
+
+EwcSettings = settings_group("EwcSettings", {
+    "lambda": (float, setting(100.0, "weight of the penalty (lambda/2) sum F (theta - theta*)^2")),
+    "gamma": (float, setting(1.0, "online EWC: F <- gamma F + F_new after each task, in [0, 1]")),
+})
+
+LwfSettings = settings_group("LwfSettings", {
+    "lambda": (float, setting(1.0, "weight of the distillation loss on the old heads")),
+    "temperature": (float, setting(2.0, "softmax temperature of the distillation")),
+})
+
+
+@dataclass
 class RunConfig:
     """Everything one training run needs (``python -m ness_sweep.train``)."""
 
@@ -80,7 +114,8 @@ class RunConfig:
     download: bool = setting(True, "fetch missing CIFAR / MNIST / Fashion-MNIST / SVHN files through torchvision")
     model: str = setting("auto", "auto (the benchmark's default), a registered model (listed below), or an "
                                  "import path module:function")
-    method: str = setting("ness", "ness (null-space adapters) or finetune (the forgetting baseline)")
+    method: str = setting("ness", "finetune, ness, gpm, sgp, ewc, lwf, or an import path module:Class to your "
+                                  "own method; each reads only its own settings group (below)")
     seed: int = setting(0, "seeds splits, permutations, task order and initialisation")
     seeds: Optional[List[int]] = setting(None, "several seeds run in turn, reported as mean ± std")
     device: str = setting("auto", "auto (CUDA when present), cpu, cuda or cuda:N")
@@ -92,7 +127,6 @@ class RunConfig:
     task_order: str = setting("fixed", "fixed: the benchmark's order; seeded: shuffled by the seed")
     output: Optional[str] = setting(None, "write the result as JSON to this file")
     train: TrainSettings = setting(help="optimisation", factory=TrainSettings)
-    ness: NessSettings = setting(help="the null space", factory=NessSettings)
 
 
 @dataclass
@@ -168,16 +202,19 @@ def merge_onto(schema: Any, *layers: Any) -> DictConfig:
     return merged
 
 
-def load_preset(name: str) -> DictConfig:
-    """A paper preset by name (``ness_sweep/presets/<name>.yaml``) or a path to a YAML file.
-
-    Its keys and types are checked here, so that an error names the file, not only the key; ranges are
-    checked with the whole config, since the command line may complete a preset (threshold null, rank given).
-    """
+def preset_path(name: str) -> Path:
+    """A paper preset by name (``ness_sweep/presets/<name>.yaml``) or a path to a YAML file."""
     path = Path(name) if name.endswith((".yaml", ".yml")) else PRESET_DIR / f"{name}.yaml"
     if not path.is_file():
         known = ", ".join(sorted(p.stem for p in PRESET_DIR.glob("*.yaml")))
         raise UserError(f"preset={name}: no such preset; known presets: {known} (or a path to a .yaml file)")
+    return path
+
+
+def load_preset(path: Path) -> DictConfig:
+    """A preset file's settings, a mapping; its keys and types are checked by ``layered`` once the run's method
+    is known (a preset may hold several methods' groups), ranges with the whole config, since the command line
+    may complete a preset (threshold null, rank given)."""
     try:
         preset = OmegaConf.load(path)
     except Exception as error:  # YAML syntax errors come in many types
@@ -185,25 +222,32 @@ def load_preset(name: str) -> DictConfig:
     if not isinstance(preset, DictConfig) or not preset:
         raise UserError(f"preset file {path}: {'not a mapping' if preset else 'empty'}; a preset maps run "
                           "settings to values (benchmark: split_digits, train: {lr: 0.01}, ...)")
-    try:
-        merge_onto(RunConfig, preset)
-    except UserError as error:
-        raise UserError(f"preset file {path}: {error}") from None
     if preset.get("preset") is not None:
         raise UserError(f"preset file {path}: preset: a preset cannot name another preset")
     return preset
 
 
-def load_run_config(args: List[str]) -> DictConfig:
+# What a config's methods read: given the method names a config may run, the settings groups they read
+# ({"gpm": GpmSettings}) and every other known group with the method it belongs to ({"ness": "ness", ...}).
+MethodGroups = Callable[[Sequence[str]], Tuple[Dict[str, type], Dict[str, str]]]
+
+
+def no_method_groups(methods: Sequence[str]) -> Tuple[Dict[str, type], Dict[str, str]]:
+    return {}, {}
+
+
+def load_run_config(args: List[str], groups: MethodGroups = no_method_groups) -> DictConfig:
     """One training run's settings from the command line (``layered``), validated."""
-    cfg = layered(RunConfig, parse_overrides(args))
+    cfg = layered(RunConfig, parse_overrides(args), groups=groups)
     validate_run(cfg)
     return cfg
 
 
-def load_sweep_config(args: List[str], base: Optional[List[Any]] = None) -> DictConfig:
-    """A sweep's settings from the command line over ``base`` (its space's fixed values and sweep defaults)."""
-    cfg = layered(SweepConfig, parse_overrides(args), base)
+def load_sweep_config(args: List[str], base: Optional[List[Any]] = None, groups: MethodGroups = no_method_groups,
+                      searched_methods: Sequence[str] = ()) -> DictConfig:
+    """A sweep's settings from the command line over ``base`` (its space's fixed values and sweep defaults);
+    ``searched_methods``: the options of a searched ``method``, whose groups the sweep holds too."""
+    cfg = layered(SweepConfig, parse_overrides(args), base, groups, searched_methods)
     validate_run(cfg)
     validate_sweep(cfg)
     return cfg
@@ -236,19 +280,44 @@ def validate_run(cfg: DictConfig) -> None:
     _require(t.lr_factor > 1, "train.lr_factor", t.lr_factor, "must be > 1")
     _require(t.lr_min >= 0, "train.lr_min", t.lr_min, "must be >= 0")
     _require(0 < t.valid_fraction < 1, "train.valid_fraction", t.valid_fraction, "must be in (0, 1)")
-    n = cfg.ness
-    _require(n.threshold is None or n.threshold > 0, "ness.threshold", n.threshold, "must be > 0, or null to use ness.rank alone")
-    _require(n.norm in NORMS, "ness.norm", n.norm, f"must be one of {', '.join(NORMS)}")
-    _require(n.memory in MEMORIES, "ness.memory", n.memory, f"must be one of {', '.join(MEMORIES)}")
-    rank = n.rank
-    if rank is not None:
-        _require(isinstance(rank, (int, float)) and not isinstance(rank, bool), "ness.rank", rank,
-                 "must be an integer count, a fraction in (0, 1], or null")
-        _require(rank >= 0, "ness.rank", rank, "must be >= 0 (an integer count or a fraction of the layer width)")
-        if isinstance(rank, float):
-            _require(rank <= 1, "ness.rank", rank, "a float rank is a fraction of the layer width: must be in [0, 1]")
-    _require(n.threshold is not None or rank is not None, "ness.threshold", None,
-             "threshold and rank cannot both be null: set at least one")
+    validate_groups(cfg)
+
+
+def validate_groups(cfg: DictConfig) -> None:
+    """Range checks of the shipped methods' settings groups that ``cfg`` holds (only its methods' groups)."""
+    if "ness" in cfg:
+        n = cfg.ness
+        _require(n.threshold is None or n.threshold > 0, "ness.threshold", n.threshold,
+                 "must be > 0, or null to use ness.rank alone")
+        _require(n.norm in NORMS, "ness.norm", n.norm, f"must be one of {', '.join(NORMS)}")
+        _require(n.memory in MEMORIES, "ness.memory", n.memory, f"must be one of {', '.join(MEMORIES)}")
+        rank = n.rank
+        if rank is not None:
+            _require(isinstance(rank, (int, float)) and not isinstance(rank, bool), "ness.rank", rank,
+                     "must be an integer count, a fraction in (0, 1], or null")
+            _require(rank >= 0, "ness.rank", rank, "must be >= 0 (an integer count or a fraction of the layer width)")
+            if isinstance(rank, float):
+                _require(rank <= 1, "ness.rank", rank, "a float rank is a fraction of the layer width: must be in [0, 1]")
+        _require(n.threshold is not None or rank is not None, "ness.threshold", None,
+                 "threshold and rank cannot both be null: set at least one")
+    for group in ("gpm", "sgp"):
+        if group in cfg:
+            g = cfg[group]
+            threshold = g.threshold
+            valid = "must be a number in (0, 1), a list of them (one per layer), or null (the paper's value)"
+            numbers = threshold if isinstance(threshold, (list, tuple)) or OmegaConf.is_list(threshold) else [threshold]
+            if threshold is not None:
+                _require(len(numbers) > 0 and all(isinstance(x, (int, float)) and not isinstance(x, bool) and 0 < x < 1
+                                                  for x in numbers), f"{group}.threshold", threshold, valid)
+            _require(g.samples >= 1, f"{group}.samples", g.samples, "must be >= 1")
+            if group == "sgp":
+                _require(g.scale > 0, "sgp.scale", g.scale, "must be > 0")
+    if "ewc" in cfg:
+        _require(cfg.ewc["lambda"] >= 0, "ewc.lambda", cfg.ewc["lambda"], "must be >= 0")
+        _require(0 <= cfg.ewc.gamma <= 1, "ewc.gamma", cfg.ewc.gamma, "must be in [0, 1]")
+    if "lwf" in cfg:
+        _require(cfg.lwf["lambda"] >= 0, "lwf.lambda", cfg.lwf["lambda"], "must be >= 0")
+        _require(cfg.lwf.temperature > 0, "lwf.temperature", cfg.lwf.temperature, "must be > 0")
 
 
 def _require_finite(cfg: DictConfig) -> None:
@@ -355,13 +424,48 @@ def arguments(settings: dict) -> List[str]:
     return [f"{key}={argument_value(value)}" for key, value in flatten(settings).items()]
 
 
-def layered(schema: type, overrides: DictConfig, base: Optional[List[Any]] = None) -> DictConfig:
+def layered(schema: type, overrides: DictConfig, base: Optional[List[Any]] = None,
+            groups: MethodGroups = no_method_groups, searched_methods: Sequence[str] = ()) -> DictConfig:
     """The one way settings are layered: the schema's defaults < ``base`` (a sweep space's fixed values and
-    sweep defaults) < the preset named in ``overrides`` < ``overrides`` (the command line)."""
+    sweep defaults) < the preset named in ``overrides`` < ``overrides`` (the command line).
+
+    The config holds the settings groups of its method (and of ``searched_methods``) only: a key of another
+    method's group is refused in ``base`` and ``overrides``, and dropped from a preset (which may hold
+    several methods' groups, each run reading its own)."""
     layers = list(base or [])
-    if overrides.get("preset"):
-        layers.append(load_preset(str(overrides.preset)))
+    path = preset_path(str(overrides.preset)) if overrides.get("preset") else None
+    preset = load_preset(path) if path else None
+    method = next((str(layer["method"]) for layer in [overrides, preset, *reversed(layers)]
+                   if layer is not None and layer.get("method") is not None), schema.method)
+    own, others = groups([method, *searched_methods])
+    for layer in [*layers, overrides]:
+        for group in set(others) & set(layer):
+            value = layer[group]
+            key = next(iter(flatten({group: OmegaConf.to_container(value) if OmegaConf.is_config(value) else value})), group)
+            raise UserError(f"{key}: a setting of method={others[group]}, and this run's method is {method}; "
+                            f"drop it, or set method={others[group]}")
+    schema = with_groups(schema, own)
+    if preset is not None:
+        preset = OmegaConf.masked_copy(preset, [key for key in preset if key not in others])
+        try:
+            merge_onto(with_groups(RunConfig, own), preset)
+        except UserError as error:
+            raise UserError(f"preset file {path}: {error}") from None
+        layers.append(preset)
     return merge_onto(schema, *layers, overrides)
+
+
+def with_groups(schema: type, groups: Dict[str, type]) -> type:
+    """``schema`` with methods' settings groups as fields (``gpm`` → GpmSettings)."""
+    return _with_groups(schema, tuple(sorted(groups.items())))
+
+
+@functools.lru_cache(maxsize=None)
+def _with_groups(schema: type, groups: Tuple[Tuple[str, type], ...]) -> type:
+    if not groups:
+        return schema
+    fields = [(name, kind, setting(help=f"method {name}'s settings", factory=kind)) for name, kind in groups]
+    return dataclasses.make_dataclass(schema.__name__, fields, bases=(schema,))
 
 
 def schema_types(schema: type) -> dict:
@@ -375,10 +479,10 @@ def first_line(error: BaseException) -> str:
     return text.splitlines()[0] if text else type(error).__name__
 
 
-def help_text(schema: type = RunConfig) -> str:
+def help_text(schema: type = RunConfig, prefix: str = "") -> str:
     """Every key with its default and what it means, from the schema's field metadata."""
     lines = []
-    for key, (f, default, _) in schema_fields(schema).items():
+    for key, (f, default, _) in schema_fields(schema, prefix).items():
         shown = OmegaConf.to_yaml({"v": default}).strip()[3:]
         lines.append(f"  {key}={shown}".ljust(38) + f"  {f.metadata.get('help', '')}")
     return "\n".join(lines)

@@ -3,10 +3,11 @@
 The model contract, for the shipped models and the user's own (``model=my_pkg.nets:build``): a builder
 ``build(stream: TaskStream) -> nn.Module`` returns a module with
 
-- ``body``: the shared network. NESS adapts every ``nn.Linear``, ``nn.Conv1d`` and ``nn.Conv2d`` inside it
-  (``ness.adaptable_layers``: subclasses included; convolutions need ``groups=1`` and integer zero padding).
-  From the second task on, only those layers' adapters and the current head train: everything else in the
-  body (batch norm, other layer types, biases) stays as the first task left it.
+- ``body``: the shared network. NESS adapts, and GPM / SGP project, every ``nn.Linear``, ``nn.Conv1d`` and
+  ``nn.Conv2d`` inside it (``statistics.adaptable_layers``: subclasses included; convolutions need ``groups=1``
+  and integer zero padding). Under NESS, from the second task on, only those layers' adapters and the current
+  head train: everything else in the body (batch norm, other layer types, biases) stays as the first task
+  left it.
 - ``heads``: an ``nn.ModuleList``, one head per task, sized from ``stream.tasks[t].num_classes``, outside ``body``;
   each head trains on its own task only.
 - ``forward(x, task)``: the logits of head ``task`` (an int) for a batch ``x`` of N × ``stream.input_shape``.
@@ -27,7 +28,6 @@ from torch import Tensor, nn
 
 from .config import UserError
 from .data import TaskStream
-from .ness import adaptable_layers
 from .user_code import describe, resolve
 
 
@@ -165,10 +165,16 @@ def build_model(name: str, stream: TaskStream) -> nn.Module:
     return builder(name)(stream)
 
 
-def check_model_fits(cfg, stream: TaskStream) -> None:
+def model_label(cfg, stream: TaskStream) -> str:
+    """``model=NAME`` as an error names it (with the default it stands for under ``auto``)."""
+    return f"model={cfg.model}" + (f" ({stream.default_model})" if cfg.model == "auto" else "")
+
+
+def check_model_fits(cfg, stream: TaskStream) -> nn.Module:
     """Build the model and run two samples of every task through it, before any training: a model that breaks
-    the contract, or cannot take the benchmark's inputs (alexnet on flat digits), fails in one line naming it."""
-    named = f"model={cfg.model}" + (f" ({stream.default_model})" if cfg.model == "auto" else "")
+    the contract, or cannot take the benchmark's inputs (alexnet on flat digits), fails in one line naming it.
+    Returns the model built."""
+    named = model_label(cfg, stream)
     try:
         model = build_model(cfg.model, stream)
         problem = model_problem(model, stream)
@@ -178,19 +184,9 @@ def check_model_fits(cfg, stream: TaskStream) -> None:
         raise UserError(f"{named}: does not take benchmark={cfg.benchmark}'s inputs of shape "
                         f"{tuple(stream.input_shape)} ({describe(error)}); use model=auto ({stream.default_model}) "
                         f"or a model that fits") from None
-    if problem is None and cfg.method == "ness":
-        problem = adaptation_problem(model)
     if problem:
         raise UserError(f"{named}: {problem}")
-
-
-def adaptation_problem(model: nn.Module) -> Optional[str]:
-    """A layer of the body that NESS cannot adapt (a grouped or 'same'-padded convolution), or None."""
-    try:
-        adaptable_layers(model)
-    except ValueError as error:
-        return str(error)
-    return None
+    return model
 
 
 def model_problem(model: object, stream: TaskStream) -> Optional[str]:

@@ -1,7 +1,7 @@
-"""One NESS (or fine-tuning) run without Ray: ``python -m ness_sweep.train [key=value ...]``.
+"""One run of a method without Ray: ``python -m ness_sweep.train [key=value ...]``.
 
-Prints progress per epoch and task, then the accuracy matrix, ACC, BWT, forgetting and the ranks
-chosen per layer; ``output=PATH`` writes the result as JSON. ``seeds=[1,2,3]`` runs the seeds in turn
+Prints progress per epoch and task, then the accuracy matrix, ACC, BWT, forgetting and the method's
+per-task diagnostics (NESS: the rank chosen per layer); ``output=PATH`` writes the result as JSON. ``seeds=[1,2,3]`` runs the seeds in turn
 and reports mean ± std. ``threads`` pins torch's CPU threads, so a run reruns to the same digits.
 Bad input exits with code 2 before any work starts (nothing trained, nothing written); a run whose
 loss diverges ends with one line and exit code 1.
@@ -23,14 +23,14 @@ import torch
 from . import callable_module
 from .benchmarks import check_benchmark, stream_for
 from .config import UserError, RunConfig, arguments, help_text, load_run_config, resolved
+from .methods import check_fits, check_run, groups_help, make_trainer, method_groups, registered_names
 from .metrics import mean_std
-from .models import check_model, check_model_fits
-from .trainer import check_method, make_trainer, registered_names
+from .models import check_model
 
 USAGE = """usage: python -m ness_sweep.train [key=value ...]
 
-Train one model through a task stream with NESS (method=ness) or plain fine-tuning (method=finetune).
-Keys and their defaults:
+Train one model through a task stream with a continual-learning method: NESS (method=ness), fine-tuning,
+GPM, SGP, EWC, LwF, or your own (method=module:Class). Keys and their defaults:
 """
 
 
@@ -50,7 +50,7 @@ class TrainResult:
     """What ``ness_sweep.train(...)`` returns: one result per seed, their mean (and std with several seeds)
     of ACC, BWT and forgetting, and the resolved settings that reproduce them."""
 
-    runs: List[dict]  # per seed: acc, bwt, forgetting, acc_matrix, ranks, trainable_params, seconds, seed
+    runs: List[dict]  # per seed: acc, bwt, forgetting, acc_matrix, diagnostics, trainable_params, seconds, seed
     config: dict  # every setting, resolved: the run's preset
 
     def _mean_std(self, key: str) -> Tuple[float, float]:
@@ -87,16 +87,16 @@ def train(*args: str, out: Optional[Callable[[str], None]] = print, **settings: 
     lines (per epoch, per task, per seed); ``out=None`` trains silently. Writes ``output=`` when given.
     """
     say = out or (lambda line: None)
-    cfg = load_run_config([*args, *arguments(settings)])
+    cfg = load_run_config([*args, *arguments(settings)], groups=method_groups)
     check_benchmark(cfg.benchmark)
     check_model(cfg.model)
-    check_method(cfg.method)
+    check_run(cfg)
     if cfg.output:
         check_output(cfg.output)
     apply_threads(cfg.threads)
     seeds = list(cfg.seeds) if cfg.seeds is not None else [cfg.seed]
     first_stream = stream_for(cfg, seeds[0])
-    check_model_fits(cfg, first_stream)
+    check_fits(cfg, first_stream)
     runs = []
     for i, seed in enumerate(seeds):
         say(f"== {cfg.method} on {cfg.benchmark}, seed {seed}")
@@ -126,10 +126,14 @@ def format_matrix(matrix) -> str:
     return "\n".join(lines)
 
 
+def format_diagnostics(diagnostics: List[dict]) -> str:
+    """The method's per-task numbers, one line per task that has any (none for fine-tuning)."""
+    lines = [f"  task {i + 1}: " + ", ".join(f"{k}={v:g}" for k, v in d.items()) for i, d in enumerate(diagnostics) if d]
+    return "diagnostics per task\n" + "\n".join(lines) + "\n" if lines else ""
+
+
 def summary(result: dict) -> str:
-    ranks = "\n".join(f"  task {i + 1}: " + (", ".join(f"{k}={v}" for k, v in r.items()) or "all weights trained")
-                      for i, r in enumerate(result["ranks"]))
-    return (f"{format_matrix(result['acc_matrix'])}\nranks per layer\n{ranks}\n"
+    return (f"{format_matrix(result['acc_matrix'])}\n{format_diagnostics(result['diagnostics'])}"
             f"seed {result['seed']}: ACC {result['acc']:.2f}  BWT {result['bwt']:.2f}  "
             f"forgetting {result['forgetting']:.2f}  ({result['seconds']:.1f} s)")
 
@@ -173,7 +177,7 @@ def check_output(output: str) -> None:
 def main(argv: Optional[List[str]] = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if any(a in ("-h", "--help", "help") for a in argv):
-        print(USAGE + help_text(RunConfig) + "\n" + registered_names())
+        print(USAGE + help_text(RunConfig) + "\n" + groups_help() + "\n" + registered_names())
         return 0
     try:
         train(*argv)

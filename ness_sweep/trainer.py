@@ -1,11 +1,7 @@
-"""The continual loop, on FACIL's approach template: for each task ``pre_train → train_loop → post_train``,
-then evaluate every seen task.
-
-``Trainer`` is plain fine-tuning (``method=finetune``), the forgetting baseline: every task trains the whole
-body and its own head. ``NessTrainer`` overrides only what NESS changes: before a task it fits the null-space
-subspaces and attaches adapters, during it trains only the A matrices and the task's head (batch-norm affine
-parameters stay as task 0 left them), after it merges and, with stream memory, adds the task's statistics.
-``make_trainer`` picks the class of ``cfg.method`` from ``METHODS``.
+"""The continual loop, method-agnostic: for each task ``before_task → train → after_task``, then evaluate every
+seen task. The loop names no method: it drives the ``methods.base.Method`` it is given through its hooks
+(before a task, the parameters that train, a batch's loss, the gradient before the step, after a task, the
+task's diagnostics) and records what they report.
 
 Between tasks (``run(until=k)`` returns there) ``state_dict`` / ``load_state_dict`` are valid: the sweep
 reports and checkpoints at these points. ``on_epoch`` receives an ``EpochProgress`` after every epoch.
@@ -24,12 +20,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from . import metrics, ness
-from .config import UserError
+from . import metrics
 from .data import Task, TaskStream, seed_everything
+from .methods.base import Method
 from .models import build_model, pick_device
 
-EVAL_BATCH_SIZE = 256  # evaluation and statistics batches: larger than training's, same results
+EVAL_BATCH_SIZE = 256  # evaluation batches: larger than training's
 
 
 def _cuda(device: Union[torch.device, str]) -> Optional[torch.device]:
@@ -77,7 +73,7 @@ class EpochProgress:
 @dataclass
 class RunResult:
     acc_matrix: List[List[Optional[float]]]
-    ranks: List[Dict[str, int]]
+    diagnostics: List[Dict[str, float]]  # per task, what the method reported (NESS: rank per layer)
     trainable_params: List[int]
     seconds: float
 
@@ -88,7 +84,7 @@ class RunResult:
             "bwt": metrics.backward_transfer(R),
             "forgetting": metrics.forgetting(R),
             "acc_matrix": R,
-            "ranks": self.ranks,
+            "diagnostics": self.diagnostics,
             "trainable_params": self.trainable_params,
             "seconds": self.seconds,
         }
@@ -100,27 +96,25 @@ def square_matrix(rows: List[List[float]], size: int) -> List[List[Optional[floa
 
 
 class Trainer:
-    """Plain fine-tuning: every task trains the whole body and its own head."""
+    """Trains ``cfg.model`` through the stream with a method (``methods.make_trainer`` picks it from the
+    config), evaluating every seen task after each task."""
 
-    method = "finetune"  # the cfg.method this class trains
-
-    def __init__(self, cfg, stream: TaskStream, device: Optional[torch.device] = None,
+    def __init__(self, cfg, stream: TaskStream, method: Type[Method], device: Optional[torch.device] = None,
                  log: Optional[Callable[[str], None]] = print,
                  on_epoch: Optional[Callable[[EpochProgress], None]] = None):
-        if cfg.method != self.method:  # a caller that bypassed make_trainer would train the wrong method
-            raise ValueError(f"{type(self).__name__} trains method={self.method}, not method={cfg.method}: "
-                             "build trainers with make_trainer")
         seed_everything(cfg.seed)
         self.cfg = cfg
         self.device = device or pick_device(cfg.device)
         self.stream = stream.to(self.device)
         self.model = build_model(cfg.model, stream).to(self.device)
         self.log = log or (lambda message: None)
+        self.method = method(cfg, self.model, self.stream)
+        self.method.log = self.log
         self.on_epoch = on_epoch
         self.shuffle = torch.Generator().manual_seed(cfg.seed)
         self.next_task = 0
         self.rows: List[List[float]] = []
-        self.ranks: List[Dict[str, int]] = []
+        self.diagnostics: List[Dict[str, float]] = []
         self.trainable_params: List[int] = []
         self.seconds = 0.0
         self.task_started = time.perf_counter()  # progress counts the current task's time from here
@@ -133,31 +127,19 @@ class Trainer:
         """Train the remaining tasks (or up to task ``until``, counted from 1), evaluating after each."""
         for t in range(self.next_task, until or self.num_tasks):
             self.task_started = time.perf_counter()
-            ranks = self.pre_train(t)
-            params = self.trainable_parameters(t)
+            self.method.before_task(t)
+            params = self.train_only(self.method.trainable_parameters(t))
             self.train_loop(t, params)
-            self.post_train(t)
+            self.method.after_task(t)
             row = [self.accuracy(self.stream.tasks[j], j) for j in range(t + 1)]
             self.seconds += time.perf_counter() - self.task_started
             self.rows.append(row)
-            self.ranks.append(ranks)
+            self.diagnostics.append({key: float(value) for key, value in self.method.diagnostics(t).items()})
             self.trainable_params.append(sum(p.numel() for p in params))
             self.next_task = t + 1
             self.log(f"task {t + 1}/{self.num_tasks} done: accuracy on seen tasks "
                      + " ".join(f"{a:.1f}" for a in row) + f" (mean {metrics.seen_accuracy(row):.2f})")
         return self.result()
-
-    # ---- the template: what a method overrides ----------------------------------------------
-    def pre_train(self, t: int) -> Dict[str, int]:
-        """Prepare task t; returns the rank per adapted layer (none: fine-tuning adapts nothing)."""
-        return {}
-
-    def trainable_parameters(self, t: int) -> List[nn.Parameter]:
-        """The body and task t's head; the other heads stay as their tasks left them."""
-        return self.train_only(list(self.model.body.parameters()) + list(self.model.heads[t].parameters()))
-
-    def post_train(self, t: int) -> None:
-        """Finish task t before it is evaluated: nothing to do for fine-tuning."""
 
     def train_only(self, params: List[nn.Parameter]) -> List[nn.Parameter]:
         """Freeze every parameter of the model but ``params``; returns them."""
@@ -227,9 +209,11 @@ class Trainer:
         for idx in self.epoch_order(n).split(size):
             if len(idx) < 2 <= n:
                 continue  # batch norm cannot normalise a single sample
-            loss = F.cross_entropy(model(task.inputs(task.x_train[idx]), t), task.y_train[idx])
+            x = task.inputs(task.x_train[idx])
+            loss = self.method.batch_loss(t, x, F.cross_entropy(model(x, t), task.y_train[idx]))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            self.method.adjust_gradients(t)
             optimizer.step()
             total += loss.detach().double() * len(idx)
             seen += len(idx)
@@ -267,7 +251,7 @@ class Trainer:
 
     # ---- results and state ------------------------------------------------------------------
     def result(self) -> RunResult:
-        return RunResult(square_matrix(self.rows, self.num_tasks), list(self.ranks),
+        return RunResult(square_matrix(self.rows, self.num_tasks), [dict(d) for d in self.diagnostics],
                          list(self.trainable_params), self.seconds)
 
     def state_dict(self) -> dict:
@@ -277,7 +261,8 @@ class Trainer:
             "next_task": self.next_task,
             "model": {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()},
             "rows": [list(r) for r in self.rows],
-            "ranks": [dict(r) for r in self.ranks],
+            "diagnostics": [dict(d) for d in self.diagnostics],
+            "method": self.method.state_dict(),
             "trainable_params": list(self.trainable_params),
             "seconds": self.seconds,
             "rng": {**global_rng_state(self.device), "shuffle": self.shuffle.get_state()},
@@ -287,92 +272,9 @@ class Trainer:
         self.model.load_state_dict(state["model"])
         self.next_task = state["next_task"]
         self.rows = [list(r) for r in state["rows"]]
-        self.ranks = [dict(r) for r in state["ranks"]]
+        self.diagnostics = [dict(d) for d in state["diagnostics"]]
+        self.method.load_state_dict(state["method"])
         self.trainable_params = list(state["trainable_params"])
         self.seconds = state["seconds"]
         set_global_rng_state(state["rng"], self.device)
         self.shuffle.set_state(state["rng"]["shuffle"])
-
-
-class NessTrainer(Trainer):
-    """NESS: after task 0, each task trains only null-space adapters (W + A Bᵀ, B fixed) and its head."""
-
-    method = "ness"
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.stream_grams: Dict[str, Tensor] = {}  # ness.memory=stream: Σ of finished tasks' Gram matrices
-
-    def pre_train(self, t: int) -> Dict[str, int]:
-        """Attach adapters on the subspaces of the previous tasks' smallest singular values."""
-        if t == 0:
-            return super().pre_train(t)
-        n = self.cfg.ness
-        grams = self.stream_grams if n.memory == "stream" else self.replay_grams(t)
-        bases, _ = ness.subspace_bases(grams, n.threshold, n.norm, n.rank)
-        ness.attach_adapters(self.model, bases)
-        ranks = {name: int(b.shape[1]) for name, b in bases.items()}
-        self.log(f"task {t + 1}/{self.num_tasks}: null-space ranks " + ", ".join(f"{k}={v}" for k, v in ranks.items()))
-        return ranks
-
-    def trainable_parameters(self, t: int) -> List[nn.Parameter]:
-        """Task 0 trains everything; later tasks only the A matrices and their head."""
-        if t == 0:
-            return super().trainable_parameters(t)
-        adapters = [m.A for m in self.model.body.modules() if isinstance(m, ness.NullSpaceAdapter) and m.rank > 0]
-        return self.train_only(adapters + list(self.model.heads[t].parameters()))
-
-    def post_train(self, t: int) -> None:
-        """Merge W ← W + A Bᵀ; with stream memory, add this task's Gram matrices once (not after the last)."""
-        ness.merge_adapters(self.model)
-        if self.cfg.ness.memory == "stream" and t + 1 < self.num_tasks:
-            for name, g in self.grams([self.stream.tasks[t]]).items():
-                self.stream_grams[name] = g if name not in self.stream_grams else self.stream_grams[name] + g
-
-    def replay_grams(self, t: int) -> Dict[str, Tensor]:
-        """The paper's statistics: all previous tasks' inputs through the current network, one pass."""
-        return self.grams(self.stream.tasks[:t])
-
-    def grams(self, tasks: List[Task]) -> Dict[str, Tensor]:
-        """Gram matrices of every adapted layer's inputs over the tasks' training data, in one forward pass."""
-        return ness.collect_grams(self.model.body, ness.adaptable_layers(self.model), self.task_inputs(tasks))
-
-    def task_inputs(self, tasks: List[Task]):
-        """Training inputs of the given tasks, batch by batch, normalised on the device (slices of the
-        stored tensors: no index tensor crosses from the host)."""
-        for task in tasks:
-            for x in task.x_train.split(EVAL_BATCH_SIZE):
-                yield task.inputs(x)
-
-    def state_dict(self) -> dict:
-        return {**super().state_dict(), "stream_grams": {k: v.cpu() for k, v in self.stream_grams.items()}}
-
-    def load_state_dict(self, state: dict) -> None:
-        super().load_state_dict(state)
-        self.stream_grams = {k: v.to(self.device) for k, v in state["stream_grams"].items()}
-
-
-METHODS: Dict[str, Type[Trainer]] = {"ness": NessTrainer, "finetune": Trainer}
-
-
-def check_method(method: str) -> None:
-    """Refuse an unknown method before any work: a one-line UserError naming the valid ones."""
-    if method not in METHODS:
-        raise UserError(f"method={method}: must be one of {', '.join(METHODS)}")
-
-
-def make_trainer(cfg, stream: TaskStream, device: Optional[torch.device] = None,
-                 log: Optional[Callable[[str], None]] = print,
-                 on_epoch: Optional[Callable[[EpochProgress], None]] = None) -> Trainer:
-    """The trainer of ``cfg.method``: what every caller builds, so the method is never silently fine-tuning."""
-    check_method(cfg.method)
-    return METHODS[cfg.method](cfg, stream, device, log, on_epoch)
-
-
-def registered_names() -> str:
-    """The shipped benchmarks, models and methods, for ``--help``: the registries themselves, never a copy."""
-    from .benchmarks import BENCHMARKS
-    from .models import MODELS
-
-    return (f"benchmarks: {', '.join(BENCHMARKS)}\nmodels: {', '.join(MODELS)}\nmethods: {', '.join(METHODS)}\n"
-            "(benchmark= and model= also take an import path module:function: see the README)")

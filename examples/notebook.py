@@ -13,7 +13,7 @@ import ness_sweep
 
 # %% One NESS run on the example benchmark (rotated digits, examples/my_benchmark.py), quietly.
 run = ness_sweep.train(benchmark="my_benchmark:rotated_digits", train={"epochs": 3}, out=None)
-print(f"NESS:      ACC {run.acc:.2f}  BWT {run.bwt:.2f}  ranks after task 2: {run.runs[0]['ranks'][1]}")
+print(f"NESS:      ACC {run.acc:.2f}  BWT {run.bwt:.2f}  ranks after task 2: {run.runs[0]['diagnostics'][1]}")
 
 # %% The forgetting baseline on the same stream and seed.
 baseline = ness_sweep.train("method=finetune", benchmark="my_benchmark:rotated_digits", train={"epochs": 3},

@@ -7,11 +7,12 @@ values with a ``UserError`` whose message is one line naming the key and what wo
 
 from __future__ import annotations
 
+import copyreg
 import dataclasses
+import functools
 import math
 import os
 import re
-import functools
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -232,22 +233,18 @@ def load_preset(path: Path) -> DictConfig:
 MethodGroups = Callable[[Sequence[str]], Tuple[Dict[str, type], Dict[str, str]]]
 
 
-def no_method_groups(methods: Sequence[str]) -> Tuple[Dict[str, type], Dict[str, str]]:
-    return {}, {}
-
-
-def load_run_config(args: List[str], groups: MethodGroups = no_method_groups) -> DictConfig:
+def load_run_config(args: List[str], groups: MethodGroups) -> DictConfig:
     """One training run's settings from the command line (``layered``), validated."""
     cfg = layered(RunConfig, parse_overrides(args), groups=groups)
     validate_run(cfg)
     return cfg
 
 
-def load_sweep_config(args: List[str], base: Optional[List[Any]] = None, groups: MethodGroups = no_method_groups,
+def load_sweep_config(args: List[str], groups: MethodGroups, base: Optional[List[Any]] = None,
                       searched_methods: Sequence[str] = ()) -> DictConfig:
     """A sweep's settings from the command line over ``base`` (its space's fixed values and sweep defaults);
     ``searched_methods``: the options of a searched ``method``, whose groups the sweep holds too."""
-    cfg = layered(SweepConfig, parse_overrides(args), base, groups, searched_methods)
+    cfg = layered(SweepConfig, parse_overrides(args), groups, base, searched_methods)
     validate_run(cfg)
     validate_sweep(cfg)
     return cfg
@@ -424,8 +421,8 @@ def arguments(settings: dict) -> List[str]:
     return [f"{key}={argument_value(value)}" for key, value in flatten(settings).items()]
 
 
-def layered(schema: type, overrides: DictConfig, base: Optional[List[Any]] = None,
-            groups: MethodGroups = no_method_groups, searched_methods: Sequence[str] = ()) -> DictConfig:
+def layered(schema: type, overrides: DictConfig, groups: MethodGroups, base: Optional[List[Any]] = None,
+            searched_methods: Sequence[str] = ()) -> DictConfig:
     """The one way settings are layered: the schema's defaults < ``base`` (a sweep space's fixed values and
     sweep defaults) < the preset named in ``overrides`` < ``overrides`` (the command line).
 
@@ -433,10 +430,8 @@ def layered(schema: type, overrides: DictConfig, base: Optional[List[Any]] = Non
     method's group is refused in ``base`` and ``overrides``, and dropped from a preset (which may hold
     several methods' groups, each run reading its own)."""
     layers = list(base or [])
-    path = preset_path(str(overrides.preset)) if overrides.get("preset") else None
-    preset = load_preset(path) if path else None
-    method = next((str(layer["method"]) for layer in [overrides, preset, *reversed(layers)]
-                   if layer is not None and layer.get("method") is not None), schema.method)
+    preset = preset_layer(overrides)
+    method = method_of([*layers, preset, overrides])
     own, others = groups([method, *searched_methods])
     for layer in [*layers, overrides]:
         for group in set(others) & set(layer):
@@ -450,9 +445,28 @@ def layered(schema: type, overrides: DictConfig, base: Optional[List[Any]] = Non
         try:
             merge_onto(with_groups(RunConfig, own), preset)
         except UserError as error:
-            raise UserError(f"preset file {path}: {error}") from None
+            raise UserError(f"preset file {preset_path(str(overrides.preset))}: {error}") from None
         layers.append(preset)
     return merge_onto(schema, *layers, overrides)
+
+
+def method_of(layers: Sequence[Any]) -> str:
+    """The method the last layer that names one sets (layers in ``layered``'s order; None skipped), or the
+    schema's default."""
+    return next((str(layer["method"]) for layer in reversed(layers)
+                 if layer is not None and layer.get("method") is not None), RunConfig.method)
+
+
+def preset_layer(overrides: DictConfig) -> Optional[DictConfig]:
+    """The preset the command line names, as read (None without one)."""
+    return load_preset(preset_path(str(overrides.preset))) if overrides.get("preset") else None
+
+
+# A schema with groups is a dataclass made at run time, so cloudpickle (Ray's, when Tune stores the callbacks
+# that hold a sweep's config) pickles it by value, and each field's ``dataclasses.MISSING`` with it: rebuilt as a
+# fresh object that no longer *is* MISSING, it turns every field default into an invalid value, in this process
+# too (cloudpickle rebuilds a known class in place). Pickled by name, the sentinel stays the one object.
+copyreg.pickle(type(dataclasses.MISSING), lambda sentinel: "MISSING")
 
 
 def with_groups(schema: type, groups: Dict[str, type]) -> type:

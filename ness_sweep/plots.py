@@ -260,32 +260,36 @@ def acc_matrix_section(best: Optional[Dict[str, Any]]) -> Section:
     return Section("acc_matrix", f"{title} ({best['trial_id']})", caption, figure)
 
 
-def rank_grid(ranks: Sequence[Any]) -> Tuple[List[str], List[List[Optional[int]]]]:
-    """Layers (in the order they first appear) and z[layer][task]; None where a task recorded no rank.
+def diagnostics_grid(diagnostics: Sequence[Any]) -> Tuple[List[str], List[List[Optional[float]]]]:
+    """Diagnostic keys (in the order they first appear) and z[key][task]; None where a task recorded none.
     Parquet maps come back as lists of (key, value) pairs."""
-    per_task = [dict(entry or {}) for entry in ranks]
-    layers: List[str] = []
+    per_task = [dict(entry or {}) for entry in diagnostics]
+    keys: List[str] = []
     for entry in per_task:
-        layers += [name for name in entry if name not in layers]
-    return layers, [[entry.get(name) for entry in per_task] for name in layers]
+        keys += [name for name in entry if name not in keys]
+    return keys, [[entry.get(name) for entry in per_task] for name in keys]
 
 
-def ranks_section(best: Optional[Dict[str, Any]]) -> Section:
-    """The best trial's subspace rank per layer and task: how much room NESS left each layer to learn."""
-    title = "Ranks of the best trial"
-    caption = ("Rank r of the trainable update A Bᵀ of each adapted layer, per task (the first seed's run); "
-               "0 means the layer stayed frozen for that task.")
-    if best is None or not best.get("ranks"):
-        return Section("ranks", title, caption, note="No finished trial with recorded ranks yet.")
-    layers, z = rank_grid(best["ranks"])
-    tasks = list(range(1, len(best["ranks"]) + 1))
-    figure = _figure(f"{title} ({best['trial_id']})", "task", "layer", _heatmap_height(len(layers)))
-    figure.add_trace(go.Heatmap(z=z, x=tasks, y=layers, colorscale="Blues", texttemplate="%{text}",
-                                text=[["" if v is None else str(v) for v in row] for row in z],
-                                hovertemplate="%{y}, task %{x}: rank %{z}<extra></extra>", colorbar={"title": "rank"}))
+def diagnostics_section(best: Optional[Dict[str, Any]]) -> Section:
+    """The best trial's per-task diagnostics, as its method reports them (NESS: the subspace rank per layer,
+    how much room it left each layer to learn; GPM / SGP: the basis size per layer)."""
+    title = "Method diagnostics of the best trial"
+    caption = ("What the method reported after each task (the first seed's run): NESS the rank r of each "
+               "adapted layer's update A Bᵀ (0: frozen for that task), GPM and SGP the basis size per layer, "
+               "EWC and LwF their penalty. Colour is scaled per row; the cells show the values.")
+    if best is None or not any(dict(entry or {}) for entry in best.get("diagnostics") or []):
+        return Section("diagnostics", title, caption, note="No finished trial with recorded diagnostics yet.")
+    keys, z = diagnostics_grid(best["diagnostics"])
+    tasks = list(range(1, len(best["diagnostics"]) + 1))
+    scaled = [[None if v is None else v / (max(abs(x) for x in row if x is not None) or 1) for v in row] for row in z]
+    figure = _figure(f"{title} ({best['trial_id']})", "task", "diagnostic", _heatmap_height(len(keys)))
+    figure.add_trace(go.Heatmap(z=scaled, x=tasks, y=keys, colorscale="Blues", texttemplate="%{text}",
+                                text=[["" if v is None else f"{v:.4g}" for v in row] for row in z],
+                                customdata=z, showscale=False,
+                                hovertemplate="%{y}, task %{x}: %{customdata:.4g}<extra></extra>"))
     figure.update_xaxes(dtick=1)
     figure.update_yaxes(type="category", autorange="reversed")
-    return Section("ranks", f"{title} ({best['trial_id']})", caption, figure)
+    return Section("diagnostics", f"{title} ({best['trial_id']})", caption, figure)
 
 
 # ---- the page ----------------------------------------------------------------------------------
@@ -302,12 +306,12 @@ def build_sections(table: pa.Table, plan_record: Optional[Dict[str, Any]], study
             *[acc_vs_key_section(rows, key, kinds.get(key), searched) for key in searched],
             history_section(rows, searched),
             importance_section(study, meta["metrics"], study_missing),
-            acc_seen_section(rows), acc_matrix_section(best), ranks_section(best)]
+            acc_seen_section(rows), acc_matrix_section(best), diagnostics_section(best)]
 
 
 def build_figures(table: pa.Table, plan_record: Optional[Dict[str, Any]], study: Any = None) -> Dict[str, go.Figure]:
     """Section name -> plotly figure, for the plots that can be drawn (``acc_bwt``, ``acc_vs_<key>`` per
-    searched key, ``history``, ``importances``, ``acc_seen``, ``acc_matrix``, ``ranks``)."""
+    searched key, ``history``, ``importances``, ``acc_seen``, ``acc_matrix``, ``diagnostics``)."""
     return {s.name: s.figure for s in build_sections(table, plan_record, study) if s.figure is not None}
 
 

@@ -20,7 +20,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import pyarrow as pa
 from omegaconf import OmegaConf
 
-from .config import RunConfig, UserError, argument_value, first_line, flatten, unflatten
+from .config import UserError, argument_value, first_line, flatten, unflatten
+from .methods import shipped_schema
 from .results import SweepFolder, best_rows, config_columns, filesystem_and_path, pareto_front, ranked, \
     read_table, sweep_metadata, write_atomically
 
@@ -32,8 +33,11 @@ TPE_STARTUP_TRIALS = 10
 
 
 def row_settings(row: Dict[str, Any], table: pa.Table) -> Dict[str, Any]:
-    """The trial's run config as dotted key -> value, with its seed (or seeds)."""
-    settings = {key: row[key] for key in config_columns(table)}
+    """The trial's run config as dotted key -> value, with its seed (or seeds); of the methods' settings groups
+    only its own method's (a sweep over methods has a column for each option's, null in the others' rows)."""
+    groups = sweep_metadata(table).get("method_groups", {})
+    others = {group for method, group in groups.items() if group and method != row.get("method")}
+    settings = {key: row[key] for key in config_columns(table) if key.partition(".")[0] not in others}
     seeds = row["seeds"] or []
     if len(seeds) == 1:
         settings["seed"] = seeds[0]
@@ -44,9 +48,10 @@ def row_settings(row: Dict[str, Any], table: pa.Table) -> Dict[str, Any]:
 
 def train_command(row: Dict[str, Any], table: pa.Table) -> str:
     """``python -m ness_sweep.train ...`` rerunning the trial: the benchmark, the searched keys, every key that
-    differs from the schema default, the seed(s), and always ``threads`` and ``device``: on the CPU float sums
-    in another order would change the last digits, and training amplifies them."""
-    defaults = flatten(OmegaConf.to_container(OmegaConf.structured(RunConfig)))
+    differs from the schema default (a user's method's settings have none known here: always named), the
+    seed(s), and always ``threads`` and ``device``: on the CPU float sums in another order would change the last
+    digits, and training amplifies them."""
+    defaults = flatten(OmegaConf.to_container(OmegaConf.structured(shipped_schema())))
     meta = sweep_metadata(table)
     always = ("benchmark", "seed", "seeds", "threads", "device", *meta["searched"])
     parts = [f"{key}={argument_value(value)}" for key, value in row_settings(row, table).items()
@@ -55,8 +60,14 @@ def train_command(row: Dict[str, Any], table: pa.Table) -> str:
 
 
 def best_config_yaml(row: Dict[str, Any], table: pa.Table) -> str:
-    """The trial's full run config as YAML, usable as ``ness_sweep.train preset=best.yaml``."""
-    return OmegaConf.to_yaml(OmegaConf.create(unflatten(row_settings(row, table))))
+    """The trial's full run config as YAML, usable as ``ness_sweep.train preset=best.yaml``, under comment
+    lines with what it measured: its metrics and its method's diagnostics per task."""
+    scores = ", ".join(f"{m} {metric_text(row.get(m), row.get(f'{m}_std'))}" for m in METRICS)
+    lines = [f"# trial {row['trial_id']}: {scores}"]
+    for task, entry in enumerate(row.get("diagnostics") or [], start=1):
+        if entry:
+            lines.append(f"# task {task} diagnostics: " + ", ".join(f"{k}={v:g}" for k, v in dict(entry).items()))
+    return "\n".join(lines) + "\n" + OmegaConf.to_yaml(OmegaConf.create(unflatten(row_settings(row, table))))
 
 
 def _two_decimals(value: float) -> str:

@@ -116,7 +116,7 @@ METRIC_COLUMNS = [
     ("forgetting", pa.float64()),
     ("forgetting_std", pa.float64()),
     ("acc_matrix", pa.list_(pa.list_(pa.float64()))),  # R[i][j], null above the diagonal
-    ("ranks", pa.list_(pa.map_(pa.string(), pa.int64()))),  # per task, layer -> rank (the first seed's)
+    ("diagnostics", pa.list_(pa.map_(pa.string(), pa.float64()))),  # per task, the method's numbers (first seed's)
     ("trainable_params", pa.list_(pa.int64())),  # per task (the first seed's)
     ("seconds", pa.float64()),  # training time, summed over seeds
     ("error", pa.string()),

@@ -13,7 +13,7 @@ import math
 import random
 import time
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Tuple, Type, Union
+from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Tuple, Type, Union
 
 import numpy as np
 import torch
@@ -22,8 +22,10 @@ from torch import Tensor, nn
 
 from . import metrics
 from .data import Task, TaskStream, seed_everything
-from .methods.base import Method
 from .models import build_model, pick_device
+
+if TYPE_CHECKING:  # the loop only drives the hooks; the registry (methods/__init__) builds it with a method
+    from .methods.base import Method
 
 EVAL_BATCH_SIZE = 256  # evaluation batches: larger than training's
 

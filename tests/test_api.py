@@ -37,7 +37,7 @@ def test_train_returns_what_the_command_line_writes_and_runs_twice_in_one_proces
                            "train.epochs=2", "seeds=[0,1]", f"output={output}"], capture_output=True, text=True,
                           timeout=300, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
-    assert without_times(first.to_dict()) == without_times(json.loads(output.read_text()))  # the same numbers, matrices, ranks and settings as the command line's JSON
+    assert without_times(first.to_dict()) == without_times(json.loads(output.read_text()))  # the same numbers, matrices, diagnostics and settings as the command line's JSON
     assert first.acc == pytest.approx(sum(r["acc"] for r in first.runs) / 2)
     assert [r["seed"] for r in first.runs] == [0, 1]
 

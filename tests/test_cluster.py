@@ -40,8 +40,8 @@ def loopback_environment(**changes: str) -> Dict[str, str]:
     return env
 
 
-def sweep_command(*args: str) -> List[str]:
-    return [sys.executable, "-m", "ness_sweep.run", "space=smoke", "wandb.mode=disabled", *args]
+def sweep_command(*args: str, space: str = "smoke") -> List[str]:
+    return [sys.executable, "-m", "ness_sweep.run", f"space={space}", "wandb.mode=disabled", *args]
 
 
 # ---- what a process tree listens on -----------------------------------------------------------
@@ -264,23 +264,28 @@ def build(stream):
 
 def test_a_sweep_ships_the_users_modules_to_the_cluster(cluster, tmp_path):
     """The user's benchmark and model live in a folder only the driver can import (its PYTHONPATH; it runs
-    from another folder, and the nodes were started without either): the trials on both nodes import them
-    from what the sweep shipped through runtime_env py_modules, and train."""
+    from another folder, and the nodes were started without either), and so does its method (examples/ on the
+    PYTHONPATH, its setting searched): the trials on both nodes import them from what the sweep shipped
+    through runtime_env py_modules, and train."""
     code, elsewhere, probe = tmp_path / "code", tmp_path / "elsewhere", tmp_path / "imported_from.txt"
     code.mkdir()
     elsewhere.mkdir()
     (code / "user_streams.py").write_text(STREAMS)  # 3 tasks of Gaussian blobs
     (code / "user_nets.py").write_text(USER_NETS.format(probe=str(probe)))
-    env = {**cluster.env, "PYTHONPATH": str(code)}
+    (elsewhere / "space.yaml").write_text("search:\n  l2pull.strength: {loguniform: [0.01, 10.0]}\n"
+                                          "fixed:\n  method: my_method:L2Pull\n")
+    env = {**cluster.env, "PYTHONPATH": os.pathsep.join([str(code), str(REPO / "examples")])}
     done = subprocess.run(
         sweep_command(f"ray.address={cluster.address}", f"output_dir={tmp_path / 'out'}", "sweep.name=user_code",
                       "benchmark=user_streams:make", "model=user_nets:build", "sweep.num_samples=2",
-                      "train.epochs=1", "trial.cpu=1", "sweep.scheduler=fifo"),
+                      "train.epochs=1", "trial.cpu=1", "sweep.scheduler=fifo", space="space.yaml"),
         capture_output=True, text=True, env=env, cwd=elsewhere, timeout=SWEEP_TIMEOUT_S)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     rows = pq.read_table(tmp_path / "out" / "user_code" / "results.parquet").to_pylist()
     assert [row["status"] for row in rows] == ["TERMINATED", "TERMINATED"], [row["error"] for row in rows]
     assert all(len(row["acc_matrix"]) == 3 for row in rows)
+    assert {row["method"] for row in rows} == {"my_method:L2Pull"}
+    assert all(set(dict(row["diagnostics"][-1])) == {"distance", "penalty"} for row in rows)  # the method ran
     imported_from = probe.read_text().splitlines()
     driver = str(code / "user_nets.py")
     assert driver in imported_from  # the driver's check builds the model once from the user's folder

@@ -8,7 +8,9 @@ import pytest
 import torch
 
 import ness_sweep.train as train
-from ness_sweep.config import MAX_SEED, UserError, RunConfig, load_run_config, load_sweep_config
+from ness_sweep import config
+from ness_sweep.config import MAX_SEED, UserError
+from ness_sweep.methods import load_run_config, method_groups, shipped_groups, shipped_schema
 
 
 @pytest.fixture
@@ -41,18 +43,29 @@ def float_keys(schema: type, prefix: str = "") -> typing.Iterator[str]:
             yield f"{prefix}{name}"
 
 
+def load_sweep_config(args):
+    return config.load_sweep_config(args, method_groups)
+
+
+def method_setting(key: str) -> list:
+    """``key`` (``ewc.lambda=…``) with the method whose settings group it belongs to, if any."""
+    method = shipped_groups().get(key.partition(".")[0])
+    return [f"method={method}"] if method else []
+
+
 def test_the_schema_has_the_float_keys_checked_below():
-    assert {"train.lr", "train.weight_decay", "ness.threshold"} <= set(float_keys(RunConfig))
+    assert {"train.lr", "train.weight_decay", "ness.threshold", "ewc.lambda", "lwf.temperature"} <= set(
+        float_keys(shipped_schema()))
 
 
 # ---- non-finite numbers ------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("key", list(float_keys(RunConfig)) + ["ness.rank"])
+@pytest.mark.parametrize("key", list(float_keys(shipped_schema())) + ["ness.rank"])
 @pytest.mark.parametrize("value", [".inf", "-.inf", ".nan", "inf", "nan"])
 def test_non_finite_numbers_are_refused_everywhere(key, value, no_work, capsys):
     if key == "ness.rank" and value in ("inf", "nan"):
         value = "." + value  # ness.rank takes any type: plain inf is the string "inf", refused as a non-number
-    line = refused([f"{key}={value}"], capsys, no_work)
+    line = refused([*method_setting(key), f"{key}={value}"], capsys, no_work)
     assert line.startswith(f"error: {key}=") and "finite" in line
 
 

@@ -15,11 +15,12 @@ import pytest
 import torch
 from torch.overrides import TorchFunctionMode
 
-from ness_sweep import ness, trainer as trainer_module
+from ness_sweep import ness, statistics, trainer as trainer_module
 from ness_sweep.benchmarks import stream_for
-from ness_sweep.config import load_run_config
+from ness_sweep.methods import load_run_config
 from ness_sweep.data import Task, TaskStream
-from ness_sweep.trainer import Trainer, make_trainer
+from ness_sweep.methods import make_trainer
+from ness_sweep.trainer import Trainer
 
 # Calls that make the host wait for the device: the value must be on the host before they return.
 HOST_READS = {"item", "__bool__", "__int__", "__float__", "__index__", "__format__", "tolist", "numpy", "cpu"}
@@ -66,7 +67,7 @@ def syncs_training_task_one(batches: int, epochs: int) -> Counter:
     """Reads and moves of the whole train loop of the first task (train and validate each epoch)."""
     trainer = digits_trainer(f"train.epochs={epochs}", "train.lr_patience=100")
     trainer.cfg.train.batch_size = batch_size_for(trainer, batches)
-    params = trainer.trainable_parameters(0)
+    params = trainer.train_only(trainer.method.trainable_parameters(0))
     with HostSyncs() as syncs:
         trainer.train_loop(0, params)
     return syncs.counts
@@ -96,9 +97,9 @@ def test_the_statistics_pass_neither_reads_nor_moves_per_batch(monkeypatch):
     trainer = digits_trainer()
     counts = []
     for batch_size in (1000, 7):
-        monkeypatch.setattr(trainer_module, "EVAL_BATCH_SIZE", batch_size)
+        monkeypatch.setattr(statistics, "BATCH_SIZE", batch_size)
         with HostSyncs() as syncs:
-            trainer.replay_grams(2)
+            trainer.method.grams(trainer.stream.tasks[:2])
         counts.append(syncs.counts)
     assert counts[0] == counts[1] == Counter()
 
@@ -152,18 +153,18 @@ def test_every_tensor_of_a_task_follows_the_device(model):
     epoch's loss sum and the evaluation sums all stay there. Selection reads singular values, which
     meta tensors do not have, so the rank is fixed here (3 directions per layer)."""
     trainer = meta_trainer(model, "stream")
-    optimizer = trainer.make_optimizer(trainer.trainable_parameters(0))
+    optimizer = trainer.make_optimizer(trainer.train_only(trainer.method.trainable_parameters(0)))
     task = trainer.stream.tasks[0]
     total, seen = trainer.epoch_loss_sum(task, 0, optimizer)
     assert seen > 0 and on_meta([total, trainer.valid_loss_sum(task, 0), trainer.correct_count(task, 0)])
-    trainer.post_train(0)
-    grams = trainer.replay_grams(1)
-    assert on_meta(trainer.stream_grams.values()) and on_meta(grams.values())
+    trainer.method.after_task(0)
+    grams = trainer.method.grams(trainer.stream.tasks[:1])
+    assert on_meta(trainer.method.stream_grams.values()) and on_meta(grams.values())
     assert all(g.dtype == torch.float64 for g in grams.values())
-    bases = {name: ness.spectrum(g)[1][:, :3] for name, g in grams.items()}
+    bases = {name: statistics.spectrum(g)[1][:, :3] for name, g in grams.items()}
     assert on_meta(bases.values())
     adapters = ness.attach_adapters(trainer.model, bases)
-    params = trainer.trainable_parameters(1)
+    params = trainer.train_only(trainer.method.trainable_parameters(1))
     total, _ = trainer.epoch_loss_sum(trainer.stream.tasks[1], 1, trainer.make_optimizer(params))
     assert on_meta([total])
     assert on_meta(t for a in adapters.values() for t in (a.A, a.A.grad, a.basis, a.basis_weight))

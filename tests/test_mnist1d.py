@@ -9,12 +9,13 @@ import pytest
 import torch
 from mnist1d.data import get_dataset_args, make_dataset
 
-from ness_sweep import ness
+from ness_sweep import ness, statistics
 from ness_sweep.benchmarks import load_stream, stream_for
 from ness_sweep.benchmarks import mnist1d as benchmark
-from ness_sweep.config import UserError, load_run_config
+from ness_sweep.config import UserError
+from ness_sweep.methods import load_run_config
 from ness_sweep.models import build_model
-from ness_sweep.trainer import make_trainer
+from ness_sweep.methods import make_trainer
 
 VALID_FRACTION = 0.1
 SMALL_ARGS = {**benchmark.MNIST1D_ARGS, "num_samples": 100}  # 80 training and 20 test signals: quick to make
@@ -149,13 +150,13 @@ def test_config_accepts_the_mnist1d_names_and_the_default_models_build(data_root
     assert build_model("auto", stream_for(cfg, 0)).body.conv3.out_channels == 25
     cfg = load_run_config(["benchmark=permuted_mnist1d", f"data_root={data_root}"])
     default = build_model("auto", stream_for(cfg, 0))
-    assert [type(m).__name__ for m in ness.adaptable_layers(default).values()] == ["Linear", "Linear"]
+    assert [type(m).__name__ for m in statistics.adaptable_layers(default).values()] == ["Linear", "Linear"]
 
 
 def test_cnn1d_is_the_mnist1d_papers_cnn_with_one_head_per_task(data_root):
     stream = load_stream("split_mnist1d", str(data_root), 0, VALID_FRACTION)
     model = build_model("cnn1d", stream)
-    layers = ness.adaptable_layers(model)
+    layers = statistics.adaptable_layers(model)
     assert list(layers) == ["conv1", "conv2", "conv3"]
     assert [(c.kernel_size, c.stride, c.padding, c.out_channels, c.bias) for c in layers.values()] == [
         ((5,), (2,), (1,), 25, None), ((3,), (2,), (1,), 25, None), ((3,), (2,), (1,), 25, None)]
@@ -183,13 +184,13 @@ def test_cnn1d_adapters_move_old_signals_within_the_null_space_bound(data_root):
     stream = load_stream("split_mnist1d", str(data_root), 0, VALID_FRACTION)
     model = build_model("cnn1d", stream).double().eval()
     old = stream.tasks[0].x_train.double()
-    layers = ness.adaptable_layers(model)
+    layers = statistics.adaptable_layers(model)
     seen = layer_inputs(model, layers, old)
-    grams = ness.collect_grams(model.body, layers, [old])
+    grams = statistics.collect_grams(model.body, layers, [old])
     bases, sigma_max = ness.subspace_bases(grams, None, "frobenius", 0.5)
     adapters = ness.attach_adapters(model, bases)
     for name, adapter in adapters.items():
-        assert 0 < adapter.rank < ness.input_width(adapter.base), name
+        assert 0 < adapter.rank < statistics.input_width(adapter.base), name
         with torch.no_grad():
             adapter.A.normal_()
             moved = (adapter(seen[name]) - adapter.base(seen[name])).norm()

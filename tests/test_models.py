@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from ness_sweep import ness
+from ness_sweep import ness, statistics
 from ness_sweep.data import Task, TaskStream
 from ness_sweep.models import build_model
 
@@ -47,7 +47,7 @@ def test_auto_model_is_the_streams_default():
 
 
 def test_alexnet_adapts_its_five_layers():
-    layers = ness.adaptable_layers(build_model("alexnet", stream_for((3, 32, 32))))
+    layers = statistics.adaptable_layers(build_model("alexnet", stream_for((3, 32, 32))))
     assert list(layers) == ["conv1", "conv2", "conv3", "fc1", "fc2"]
     convs = [layers[f"conv{i}"] for i in (1, 2, 3)]
     assert [(c.out_channels, c.kernel_size) for c in convs] == [(64, (4, 4)), (128, (3, 3)), (256, (2, 2))]
@@ -57,7 +57,7 @@ def test_alexnet_adapts_its_five_layers():
 
 @pytest.mark.parametrize("input_shape, stem_stride", [((3, 32, 32), 1), ((3, 84, 84), 2)])
 def test_resnet18_adapts_all_twenty_convolutions_including_shortcuts(input_shape, stem_stride):
-    layers = ness.adaptable_layers(build_model("resnet18", stream_for(input_shape)))
+    layers = statistics.adaptable_layers(build_model("resnet18", stream_for(input_shape)))
     # stem + 4 stages × 2 blocks × 2 convolutions + a 1×1 shortcut where stages 2-4 halve the map
     assert len(layers) == 1 + 16 + 3
     assert all(isinstance(layer, nn.Conv2d) for layer in layers.values())
@@ -108,9 +108,9 @@ def test_ness_task_moves_each_layer_within_the_null_space_bound(name):
     model = build_model(name, stream_for((3, 32, 32), (4, 4))).double()
     old = torch.randn(6, 3, 32, 32, dtype=torch.float64)
     new, labels = torch.randn(6, 3, 32, 32, dtype=torch.float64), torch.randint(0, 4, (6,))
-    layers = ness.adaptable_layers(model)
+    layers = statistics.adaptable_layers(model)
     seen = layer_inputs(model, layers, old)
-    bases, sigma_max = ness.subspace_bases(ness.collect_grams(model.body, layers, [old]), None, "frobenius", 0.5)
+    bases, sigma_max = ness.subspace_bases(statistics.collect_grams(model.body, layers, [old]), None, "frobenius", 0.5)
     adapters = ness.attach_adapters(model, bases)
     train_adapters(model, adapters, new, labels, task=1)
     for layer_name, adapter in adapters.items():
@@ -136,8 +136,8 @@ def test_alexnet_previous_task_outputs_survive_a_ness_task_in_their_exact_null_s
     model.eval()
     with torch.no_grad():
         old_before, new_features_before = model(old, 0), model.body(new)
-    layers = ness.adaptable_layers(model)
-    bases, _ = ness.subspace_bases(ness.collect_grams(model.body, layers, [old]), 1e-6, "frobenius", None)
+    layers = statistics.adaptable_layers(model)
+    bases, _ = ness.subspace_bases(statistics.collect_grams(model.body, layers, [old]), 1e-6, "frobenius", None)
     assert bases["conv1"].shape[1] == 48 - 3  # three colour channels, constant over each 4×4×3 patch
     assert all(bases[n].shape[1] == bases[n].shape[0] - 8 for n in layers if n != "conv1")  # one direction per image
     adapters = ness.attach_adapters(model, bases)

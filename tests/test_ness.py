@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ness_sweep import ness
+from ness_sweep import ness, statistics
 
 torch.set_default_dtype(torch.float32)
 
@@ -51,13 +51,13 @@ def test_unfolded_gram_equals_brute_force_patches(geometry, samples_per_chunk, m
     conv = nn.Conv2d(3, 4, bias=False, **geometry)
     x = torch.randn(5, 3, 7, 6)
     rows = brute_force_patches(x, conv)
-    monkeypatch.setattr(ness, "GRAM_CHUNK_VALUES", samples_per_chunk * (len(rows) // len(x)) * rows.shape[1])
+    monkeypatch.setattr(statistics, "GRAM_CHUNK_VALUES", samples_per_chunk * (len(rows) // len(x)) * rows.shape[1])
     # The brute-force rows really are what the convolution multiplies by its weight...
     out = conv(x).permute(0, 2, 3, 1).reshape(-1, 4)
     torch.testing.assert_close(rows @ conv.weight.view(4, -1).T, out, rtol=1e-5, atol=1e-5)
     # ...and the library's unfolded Gram matrix equals theirs.
     expected = rows.double().T @ rows.double()
-    with ness.recording_grams({"conv": conv}) as grams:
+    with statistics.recording_grams({"conv": conv}) as grams:
         conv(x)
     torch.testing.assert_close(grams["conv"], expected, rtol=1e-10, atol=1e-10)
 
@@ -89,11 +89,11 @@ def test_conv1d_gram_equals_brute_force_patches(geometry, samples_per_chunk, mon
     conv = nn.Conv1d(3, 4, bias=False, **geometry)
     x = torch.randn(5, 3, 13)
     rows = brute_force_patches_1d(x, conv)
-    monkeypatch.setattr(ness, "GRAM_CHUNK_VALUES", samples_per_chunk * (len(rows) // len(x)) * rows.shape[1])
+    monkeypatch.setattr(statistics, "GRAM_CHUNK_VALUES", samples_per_chunk * (len(rows) // len(x)) * rows.shape[1])
     out = conv(x).permute(0, 2, 1).reshape(-1, 4)
     torch.testing.assert_close(rows @ conv.weight.view(4, -1).T, out, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(ness.input_rows(conv, x), rows, rtol=0, atol=0)
-    with ness.recording_grams({"conv": conv}) as grams:
+    torch.testing.assert_close(statistics.input_rows(conv, x), rows, rtol=0, atol=0)
+    with statistics.recording_grams({"conv": conv}) as grams:
         conv(x)
     torch.testing.assert_close(grams["conv"], rows.double().T @ rows.double(), rtol=1e-10, atol=1e-10)
 
@@ -102,8 +102,8 @@ def test_conv1d_gram_equals_brute_force_patches(geometry, samples_per_chunk, mon
 def test_linear_gram_in_chunks_equals_full(samples_per_chunk, monkeypatch):
     torch.manual_seed(0)
     linear, x = nn.Linear(6, 3, bias=False), torch.randn(7, 6)
-    monkeypatch.setattr(ness, "GRAM_CHUNK_VALUES", samples_per_chunk * 6)
-    with ness.recording_grams({"fc": linear}) as grams:
+    monkeypatch.setattr(statistics, "GRAM_CHUNK_VALUES", samples_per_chunk * 6)
+    with statistics.recording_grams({"fc": linear}) as grams:
         linear(x)
     torch.testing.assert_close(grams["fc"], x.double().T @ x.double(), rtol=1e-12, atol=1e-12)
 
@@ -138,19 +138,19 @@ def test_one_pass_statistics_equal_per_layer_passes(kind):
     torch.manual_seed(1)
     make_body, input_shape = BODIES[kind]
     net = Net(make_body())
-    layers = ness.adaptable_layers(net)
+    layers = statistics.adaptable_layers(net)
     assert list(layers) == ["0", "2", "4", "6"]
     data = [torch.randn(5, *input_shape) for _ in range(3)]
     calls = []
     handle = net.body.register_forward_hook(lambda *args: calls.append(1))
-    together = ness.collect_grams(net.body, layers, data)
+    together = statistics.collect_grams(net.body, layers, data)
     assert len(calls) == len(data)  # one forward per batch for all layers together
     handle.remove()
     for name, layer in layers.items():
-        alone = ness.collect_grams(net.body, {name: layer}, data)
+        alone = statistics.collect_grams(net.body, {name: layer}, data)
         torch.testing.assert_close(together[name], alone[name], rtol=0, atol=0)
         assert together[name].dtype == torch.float64
-        assert together[name].shape == (ness.input_width(layer),) * 2
+        assert together[name].shape == (statistics.input_width(layer),) * 2
 
 
 @pytest.mark.parametrize("kind", BODIES)
@@ -160,8 +160,8 @@ def test_zero_adapters_leave_network_unchanged_and_merge_keeps_outputs(kind):
     net = Net(make_body()).eval()
     x = torch.randn(4, *input_shape)
     before = net(x, 0)
-    layers = ness.adaptable_layers(net)
-    bases = {name: torch.linalg.qr(torch.randn(ness.input_width(l), 3))[0] for name, l in layers.items()}
+    layers = statistics.adaptable_layers(net)
+    bases = {name: torch.linalg.qr(torch.randn(statistics.input_width(l), 3))[0] for name, l in layers.items()}
     adapters = ness.attach_adapters(net, bases)
     torch.testing.assert_close(net(x, 0), before, rtol=0, atol=0)
     with torch.no_grad():
@@ -180,7 +180,7 @@ def test_zero_adapters_leave_network_unchanged_and_merge_keeps_outputs(kind):
 @pytest.mark.parametrize("low_rank", [True, False])
 def test_both_adapter_paths_compute_w_plus_a_bt(layer, low_rank, monkeypatch):
     torch.manual_seed(3)
-    adapter = ness.NullSpaceAdapter(layer, torch.linalg.qr(torch.randn(ness.input_width(layer), 5))[0])
+    adapter = ness.NullSpaceAdapter(layer, torch.linalg.qr(torch.randn(statistics.input_width(layer), 5))[0])
     with torch.no_grad():
         adapter.A.normal_()
     monkeypatch.setattr(adapter, "_low_rank_is_cheaper", lambda rows: low_rank)
@@ -203,7 +203,7 @@ def test_selection_rules_on_known_singular_values():
     u = torch.linalg.qr(torch.randn(6, 4, dtype=torch.float64))[0]
     v = torch.linalg.qr(torch.randn(4, 4, dtype=torch.float64))[0]
     inputs = u @ torch.diag(s) @ v.T
-    sigma, vectors = ness.spectrum(inputs.T @ inputs)
+    sigma, vectors = statistics.spectrum(inputs.T @ inputs)
     torch.testing.assert_close(sigma, s, rtol=1e-6, atol=1e-9)
     # ‖I‖_F = sqrt(100.0101) ≈ 10.0005 and Σσ = 11.11: ε = 0.0095 keeps σ ≤ 0.0950 vs σ ≤ 0.1055.
     assert ness.select_rank(sigma, 0.0095, "frobenius") == 1
@@ -223,7 +223,7 @@ def test_selection_rules_on_known_singular_values():
 def test_negative_eigenvalues_are_clamped_not_nan():
     v = torch.linalg.qr(torch.randn(3, 3, dtype=torch.float64))[0]
     g = v @ torch.diag(torch.tensor([-1e-12, 1.0, 4.0], dtype=torch.float64)) @ v.T
-    sigma, _ = ness.spectrum(g)
+    sigma, _ = statistics.spectrum(g)
     assert not torch.isnan(sigma).any()
     assert sigma[0] == 0 and sigma[2] == pytest.approx(2.0)
     assert ness.select_rank(sigma, 1e-3, "frobenius") == 1
@@ -269,11 +269,11 @@ def test_null_space_update_bounds_change_on_previous_inputs(kind):
     finetuned = copy.deepcopy(layer)
     with torch.no_grad():
         before = layer_outputs(layer, x_old)
-    with ness.recording_grams({"l": layer}) as grams:
+    with statistics.recording_grams({"l": layer}) as grams:
         layer(x_old)
     bases, sigma_max = ness.subspace_bases(grams, 1e-2, "frobenius", None)
     adapter = ness.NullSpaceAdapter(layer, bases["l"])
-    assert 0 < adapter.rank < ness.input_width(layer)
+    assert 0 < adapter.rank < statistics.input_width(layer)
     train_new_task(adapter, x_new)
     train_new_task(finetuned, x_new)
     with torch.no_grad():
@@ -288,15 +288,15 @@ def test_null_space_update_bounds_change_on_previous_inputs(kind):
 
 def test_groups_and_unsupported_layers_are_clear_errors():
     with pytest.raises(ValueError, match="groups=2"):
-        ness.check_adaptable(nn.Conv2d(4, 4, 3, groups=2))
+        statistics.check_adaptable(nn.Conv2d(4, 4, 3, groups=2))
     with pytest.raises(ValueError, match="padding"):
-        ness.check_adaptable(nn.Conv2d(4, 4, 3, padding="same"))
+        statistics.check_adaptable(nn.Conv2d(4, 4, 3, padding="same"))
     with pytest.raises(ValueError, match="Conv3d"):
-        ness.check_adaptable(nn.Conv3d(4, 4, 3))
+        statistics.check_adaptable(nn.Conv3d(4, 4, 3))
 
 
 @pytest.mark.parametrize("conv, message", [
-    (nn.Conv1d(2, 4, 3, groups=2), "stem: Conv1d with groups=2 is not supported by NESS (groups must be 1)"),
+    (nn.Conv1d(2, 4, 3, groups=2), "stem: Conv1d with groups=2 has no well-defined input rows (groups must be 1)"),
     (nn.Conv1d(2, 4, 3, padding="same"), "stem: Conv1d needs integer zero padding (got padding='same', "
                                          "padding_mode='zeros')"),
     (nn.Conv1d(2, 4, 3, padding=1, padding_mode="circular"), "stem: Conv1d needs integer zero padding "
@@ -305,5 +305,5 @@ def test_groups_and_unsupported_layers_are_clear_errors():
 def test_conv1d_without_well_defined_rows_is_a_one_line_error_naming_the_layer(conv, message):
     net = Net(nn.Sequential(OrderedDict([("stem", conv)])))
     with pytest.raises(ValueError) as error:
-        ness.adaptable_layers(net)
+        statistics.adaptable_layers(net)
     assert str(error.value) == message

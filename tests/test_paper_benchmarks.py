@@ -14,7 +14,8 @@ import torch
 
 from fake_data import (read_markers, write_fake_cifar100, write_fake_five_datasets, write_fake_miniimagenet)
 from ness_sweep.benchmarks import load_stream
-from ness_sweep.config import UserError, load_run_config
+from ness_sweep.config import UserError
+from ness_sweep.methods import load_run_config
 
 REPO = Path(__file__).resolve().parents[1]
 PER_CLASS, TEST_PER_CLASS, VALID_FRACTION = 4, 2, 0.25

@@ -32,7 +32,9 @@ TASKS = 3
 TRIALS = [("t00", "TERMINATED", 3), ("t01", "STOPPED", 1), ("t02", "TERMINATED", 3), ("t03", "TERMINATED", 3),
           ("t04", "STOPPED", 2), ("t05", "ERROR", 0), ("t06", "TERMINATED", 3), ("t07", "TERMINATED", 3),
           ("t08", "DIVERGED", 1), ("t09", "RUNNING", 2), ("t10", "TERMINATED", 3)]
-BEST_RANKS = [{"fc1": 64, "fc2": 32}, {"fc1": 12, "fc2": 5, "fc3": 2}, {"fc1": 0, "fc3": 1}]  # fc3 appears late
+# a method's per-task diagnostics: keys that appear late (rank/fc3) and scales far apart (penalty)
+BEST_DIAGNOSTICS = [{"rank/fc1": 64.0, "rank/fc2": 32.0}, {"rank/fc1": 12.0, "rank/fc2": 5.0, "rank/fc3": 2.0},
+                    {"rank/fc1": 0.0, "rank/fc3": 1.0, "penalty": 0.003}]
 
 
 def optuna_distribution(spec):
@@ -65,7 +67,7 @@ def make_rows(statuses=TRIALS, seed=0):
             row["acc_seen"] = row["acc_seen_per_task"][-1]
         if status == "TERMINATED":
             row.update(acc=metrics.average_accuracy(matrix), bwt=metrics.backward_transfer(matrix),
-                       forgetting=metrics.forgetting(matrix), acc_matrix=matrix, ranks=BEST_RANKS,
+                       forgetting=metrics.forgetting(matrix), acc_matrix=matrix, diagnostics=BEST_DIAGNOSTICS,
                        trainable_params=[1000, 300, 40], seconds=12.5)
         if status == "ERROR":
             row["error"] = "RuntimeError: boom"
@@ -128,7 +130,7 @@ def finished(table):
 
 def test_every_plot_is_built(sweep):
     figures = plots.build_figures(*load(sweep))
-    assert set(figures) == {"acc_bwt", "history", "importances", "acc_seen", "acc_matrix", "ranks",
+    assert set(figures) == {"acc_bwt", "history", "importances", "acc_seen", "acc_matrix", "diagnostics",
                             *(f"acc_vs_{k}" for k in SEARCH)}
 
 
@@ -202,7 +204,7 @@ def test_acc_seen_has_a_line_per_trial_ending_where_it_stopped(sweep):
     assert set(ends) == {"TERMINATED", "STOPPED", "DIVERGED", "RUNNING"}  # the ERROR trial reported nothing
 
 
-def test_heatmaps_show_the_best_trials_matrix_and_ranks(sweep):
+def test_heatmaps_show_the_best_trials_matrix_and_diagnostics(sweep):
     table, plan, study = load(sweep)
     figures = plots.build_figures(table, plan, study)
     best = max(finished(table), key=lambda r: r["acc"])
@@ -211,9 +213,13 @@ def test_heatmaps_show_the_best_trials_matrix_and_ranks(sweep):
     assert [list(row) for row in heatmap.z] == best["acc_matrix"]
     assert heatmap.text[2][0] == f"{best['acc_matrix'][2][0]:.1f}" and heatmap.text[0][2] == ""
     assert best["trial_id"] in figures["acc_matrix"].layout.title.text
-    (ranks,) = figures["ranks"].data
-    assert list(ranks.x) == [1, 2, 3] and list(ranks.y) == ["fc1", "fc2", "fc3"]
-    assert [list(row) for row in ranks.z] == [[64, 12, 0], [32, 5, None], [None, 2, 1]]
+    (diagnostics,) = figures["diagnostics"].data
+    assert list(diagnostics.x) == [1, 2, 3] and list(diagnostics.y) == ["rank/fc1", "rank/fc2", "rank/fc3", "penalty"]
+    values = [[64, 12, 0], [32, 5, None], [None, 2, 1], [None, None, 0.003]]
+    assert [list(row) for row in diagnostics.customdata] == values  # the values, shown and hovered
+    assert diagnostics.text[3][2] == "0.003" and diagnostics.text[0][1] == "12"
+    # colour scaled per row (a penalty of 0.003 is as dark as a rank of 64 is in its row)
+    assert [list(row) for row in diagnostics.z] == [[1, 12 / 64, 0], [1, 5 / 32, None], [None, 1, 0.5], [None, None, 1]]
 
 
 def test_the_page_is_one_self_contained_file_with_every_figure(sweep):

@@ -1,16 +1,20 @@
 """The pure parts of a sweep, without Ray: the Pareto front and ranking, the rerun line, the layering of settings,
-the results table's column types, and the flatten / unflatten / argument helpers. Expected values are worked
+the results table's column types, a run-time schema through cloudpickle, and the flatten / unflatten / argument helpers. Expected values are worked
 out by hand in each test."""
 
 import os
+import pickle
 import shlex
 
 import pyarrow as pa
 import pytest
+import ray.cloudpickle
+from omegaconf import OmegaConf
 
 from ness_sweep import results
 from ness_sweep.config import (RunConfig, SweepConfig, UserError, argument_value, arguments, flatten, layered,
-                               load_run_config, parse_overrides, resolved, unflatten)
+                               merge_onto, parse_overrides, resolved, unflatten, with_groups)
+from ness_sweep.methods import load_run_config, method_groups
 from ness_sweep.report import train_command
 from ness_sweep.sweep import plan as planning
 from ness_sweep.sweep.columns import column_types
@@ -74,7 +78,7 @@ def test_layering_is_schema_then_base_then_preset_then_command_line(tmp_path):
     preset = tmp_path / "preset.yaml"
     preset.write_text("train:\n  lr: 0.3\n  epochs: 7\n")
     base = [{"train": {"lr": 0.2, "epochs": 5, "batch_size": 32}}]
-    cfg = layered(RunConfig, parse_overrides([f"preset={preset}", "train.epochs=9"]), base)
+    cfg = layered(RunConfig, parse_overrides([f"preset={preset}", "train.epochs=9"]), method_groups, base)
     assert (cfg.train.lr, cfg.train.epochs, cfg.train.batch_size, cfg.train.momentum) == (0.3, 9, 32, 0.9)
 
 
@@ -82,7 +86,7 @@ def test_column_types_follow_the_schema_and_the_space(tmp_path):
     space = tmp_path / "space.yaml"
     space.write_text("search:\n  ness.rank: {choice: [4, 8]}\n  train.lr: {loguniform: [0.01, 0.1]}\n")
     plan = planning.build_plan([f"space={space}", f"output_dir={tmp_path / 'out'}"])
-    types = dict(column_types(plan.run_settings(), plan.space))
+    types = dict(column_types(plan.run_settings(), plan.space, plan.run_schema()))
     assert types["ness.rank"] == pa.int64()  # free-typed key: the type its choices share (a count)
     assert types["train.lr"] == pa.float64() and types["train.epochs"] == pa.int64()
     assert types["benchmark"] == pa.string() and "seed" not in types and "output" not in types
@@ -100,7 +104,7 @@ def test_flatten_unflatten_and_arguments_round_trip():
     assert flatten(tree) == {"train.lr": 0.1, "train.epochs": 3, "seeds": [1, 2], "ness.rank": None, "dry_run": True}
     assert unflatten(flatten(tree)) == tree
     assert arguments(tree) == ["train.lr=0.1", "train.epochs=3", "seeds=[1,2]", "ness.rank=null", "dry_run=true"]
-    cfg = layered(SweepConfig, parse_overrides(arguments(tree)))
+    cfg = layered(SweepConfig, parse_overrides(arguments(tree)), groups=method_groups)
     assert flatten(resolved(cfg))["train.lr"] == 0.1 and cfg.seeds == [1, 2] and cfg.ness.rank is None
     assert argument_value(1 / 3) == "0.3333333333333333"
     with pytest.raises(UserError, match="train.lr.x: lr is a value"):
@@ -133,3 +137,12 @@ def test_a_local_sweep_folder_is_written_in_place(tmp_path):
     folder = results.SweepFolder(str(tmp_path), "s")
     with folder.staged_locally(folder.OPTUNA, fetch=True) as study:
         assert study == str(tmp_path / "s" / "optuna.db")
+
+
+def test_a_schema_with_method_groups_survives_cloudpickle_in_this_process():
+    """Tune pickles the callbacks holding a sweep's config; the run-time schema class must come back intact."""
+    schema = with_groups(SweepConfig, method_groups(["ness", "gpm"])[0])
+    cfg = merge_onto(schema, {"gpm": {"threshold": 0.9}})
+    again = pickle.loads(ray.cloudpickle.dumps(cfg))
+    assert again.gpm.threshold == 0.9 and again.ness.rank == cfg.ness.rank
+    assert OmegaConf.structured(schema).train.lr == SweepConfig().train.lr  # every default still a default

@@ -21,8 +21,8 @@ from ness_sweep import report, run
 from ness_sweep.config import argument_value
 from ness_sweep.sweep import plan as planning, tuner
 from ness_sweep.benchmarks import stream_for
-from ness_sweep.config import load_run_config
-from ness_sweep.trainer import make_trainer
+from ness_sweep.methods import load_run_config
+from ness_sweep.methods import make_trainer
 
 NUM_TASKS = 5  # permuted_digits
 
@@ -33,7 +33,7 @@ EXPECTED_COLUMNS = {
     "seeds": pa.list_(pa.int64()), "task": pa.int64(), "acc_seen": pa.float64(),
     "acc": pa.float64(), "bwt": pa.float64(), "forgetting": pa.float64(),
     "acc_std": pa.float64(), "bwt_std": pa.float64(), "forgetting_std": pa.float64(),
-    "acc_matrix": pa.list_(pa.list_(pa.float64())), "ranks": pa.list_(pa.map_(pa.string(), pa.int64())),
+    "acc_matrix": pa.list_(pa.list_(pa.float64())), "diagnostics": pa.list_(pa.map_(pa.string(), pa.float64())),
     "trainable_params": pa.list_(pa.int64()), "seconds": pa.float64(),
 }
 
@@ -87,8 +87,9 @@ def wandb_run(path: Path) -> dict:
 
 def recompute(row: dict, seed: int) -> dict:
     """The trial's configuration trained again here, without Ray."""
+    own = ("ness.threshold", "ness.rank") if row["method"] == "ness" else ()  # a run takes its method's group only
     settings = [f"{key}={argument_value(row[key])}" for key in
-                ("benchmark", "method", "train.epochs", "train.lr", "ness.threshold", "ness.rank", "device")]
+                ("benchmark", "method", "train.epochs", "train.lr", *own, "device")]
     cfg = load_run_config([*settings, f"seed={seed}"])
     stream = stream_for(cfg, seed)
     return make_trainer(cfg, stream, log=None).run().to_dict()
@@ -127,7 +128,8 @@ def test_rows_agree_with_the_trials_own_results(six, ray_session):
         assert row["bwt"] == pytest.approx(sum(last[j] - R[j][j] for j in range(NUM_TASKS - 1)) / (NUM_TASKS - 1))
         assert row["task"] == NUM_TASKS and row["acc_seen"] == pytest.approx(row["acc"])
         assert row["train.epochs"] == 2 and row["method"] == "ness" and row["seeds"] == [0]
-        assert len(row["ranks"]) == NUM_TASKS and len(row["trainable_params"]) == NUM_TASKS
+        assert len(row["diagnostics"]) == NUM_TASKS and len(row["trainable_params"]) == NUM_TASKS
+        assert row["diagnostics"][0] == [] and all({k for k, _ in d} == {"rank/1", "rank/3"} for d in row["diagnostics"][1:])
         assert row["seconds"] > 0 and row["node_ip"] == "127.0.0.1" and row["node_id"] == node_id
     again = recompute(six["rows"][0], seed=0)
     assert again["acc_matrix"] == six["rows"][0]["acc_matrix"]

@@ -19,7 +19,7 @@ from ness_sweep import report, results, run, train
 from ness_sweep.results import SweepFolder
 from ness_sweep.sweep import callbacks, plan as planning, trial as trials
 from ness_sweep.benchmarks import check_stream, stream_for
-from ness_sweep.config import load_run_config
+from ness_sweep.methods import load_run_config
 
 
 def run_command(args):

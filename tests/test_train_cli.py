@@ -1,7 +1,9 @@
 """``python -m ness_sweep.train``: bad input is one line and exit code 2; good input writes JSON and
 reruns to the same numbers. Also ``python -m ness_sweep.report``'s arguments."""
 
+import dataclasses
 import json
+import math
 import os
 import subprocess
 import sys
@@ -12,6 +14,7 @@ from omegaconf import OmegaConf
 
 import ness_sweep.report as report
 import ness_sweep.train as train
+from ness_sweep.methods import METHODS, shipped_groups
 from ness_sweep.train import main
 
 BAD_INPUT = [
@@ -29,7 +32,21 @@ BAD_INPUT = [
     (["ness.memory=disk"], "ness.memory"),
     (["benchmark=mnist"], "benchmark"),
     (["model=vit"], "model"),
-    (["method=ewc"], "method"),
+    (["method=nope"], "method=nope"),
+    (["method=finetune", "ness.threshold=0.5"], "ness.threshold"),  # another method's group
+    (["method=ewc", "gpm.threshold=0.9"], "gpm.threshold"),
+    (["method=ewc", "ewc.typo=1"], "ewc.typo"),
+    (["method=gpm", "gpm.threshold=1.5"], "gpm.threshold"),
+    (["method=gpm", "gpm.threshold=[0.9,0.95,0.99]"], "gpm.threshold"),  # three values, two layers: found on the model
+    (["method=gpm", "gpm.samples=0"], "gpm.samples"),
+    (["method=gpm", "train.optimizer=adam"], "train.optimizer"),
+    (["method=sgp", "train.weight_decay=1e-4"], "train.weight_decay"),
+    (["method=sgp", "sgp.scale=0"], "sgp.scale"),
+    (["method=ewc", "ewc.lambda=-1"], "ewc.lambda"),
+    (["method=ewc", "ewc.gamma=1.5"], "ewc.gamma"),
+    (["method=lwf", "lwf.lambda=-0.1"], "lwf.lambda"),
+    (["method=lwf", "lwf.temperature=0"], "lwf.temperature"),
+    (["method=lwf", "lwf.temperature=inf"], "lwf.temperature"),
     (["preset=no_such_preset"], "preset"),
     (["seeds=[]"], "seeds"),
     (["lr"], "lr"),
@@ -117,22 +134,33 @@ def test_bad_input_exit_code_from_the_command_line(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_help_lists_every_key_with_default(capsys):
+def test_help_lists_every_key_with_default_and_the_groups_by_method(capsys):
     assert main(["--help"]) == 0
     out = capsys.readouterr().out
     for line in ("benchmark=permuted_digits", "ness.threshold=0.01", "ness.norm=frobenius",
                  "ness.memory=replay", "train.lr_patience=5", "output=null"):
         assert line in out
+    for name, cls in METHODS.items():
+        if cls.group:  # each group under its method, every key of it with its default
+            section = out[out.index(f"method={name} reads:"):]
+            for field in dataclasses.fields(cls.Settings):
+                assert f"  {cls.group}.{field.name}=" in section.split(" reads:")[1], (name, field.name)
 
 
-def test_run_writes_json_result(tmp_path, capsys):
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_each_method_runs_from_the_command_line_and_writes_its_diagnostics(method, tmp_path, capsys):
     output = tmp_path / "out" / "result.json"
-    assert main(["train.epochs=2", "device=cpu", f"output={output}", "benchmark=split_digits"]) == 0
+    assert main([f"method={method}", "train.epochs=2", "device=cpu", f"output={output}",
+                 "benchmark=split_digits"]) == 0
     result = json.loads(output.read_text())
-    for key in ("acc", "bwt", "forgetting", "acc_matrix", "ranks", "trainable_params", "seconds", "config"):
+    for key in ("acc", "bwt", "forgetting", "acc_matrix", "diagnostics", "trainable_params", "seconds", "config"):
         assert key in result
     assert len(result["acc_matrix"]) == 5 and result["acc_matrix"][0][1] is None
-    assert len(result["ranks"]) == 5 and len(result["trainable_params"]) == 5
+    assert len(result["diagnostics"]) == 5 and len(result["trainable_params"]) == 5
+    numbers = [v for task in result["diagnostics"] for v in task.values()]
+    assert all(math.isfinite(v) for v in numbers) and (method == "finetune") == (numbers == [])
+    own = METHODS[method].group
+    assert {group for group in shipped_groups() if group in result["config"]} == ({own} if own else set())
     assert result["config"]["train"]["epochs"] == 2
     out = capsys.readouterr().out
     assert "accuracy matrix" in out and "ACC" in out and "BWT" in out and "epoch 2/2" in out

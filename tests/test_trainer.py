@@ -9,9 +9,9 @@ import torch
 
 from ness_sweep import ness
 from ness_sweep.benchmarks import stream_for
-from ness_sweep.config import load_run_config
+from ness_sweep.methods import load_run_config
 from ness_sweep.metrics import seen_accuracy
-from ness_sweep.trainer import make_trainer
+from ness_sweep.methods import make_trainer
 
 
 def trainer_for(*overrides):
@@ -35,8 +35,8 @@ def test_ness_keeps_old_tasks_where_finetuning_forgets(default_runs):
     assert ness_run["acc"] >= finetune["acc"] + 10
     # Task 1 trains the 64-256-256 body and its head; later tasks only A (256 × r per layer) and a head.
     assert ness_run["trainable_params"][0] == 64 * 256 + 256 * 256 + 256 * 10
-    for ranks, count in zip(ness_run["ranks"][1:], ness_run["trainable_params"][1:]):
-        assert count == 256 * sum(ranks.values()) + 256 * 10
+    for diagnostics, count in zip(ness_run["diagnostics"][1:], ness_run["trainable_params"][1:]):
+        assert count == 256 * sum(diagnostics.values()) + 256 * 10  # NESS's diagnostics: rank/<layer>
     assert finetune["trainable_params"][1] == finetune["trainable_params"][0]  # body + one head each task
 
 
@@ -51,7 +51,7 @@ def test_accuracy_matrix_shape_and_metrics_consistency(default_runs):
     assert len(R) == 5 and all(len(row) == 5 for row in R)
     assert all(R[i][j] is None for i in range(5) for j in range(i + 1, 5))
     assert result["acc"] == pytest.approx(sum(R[4]) / 5)
-    assert result["ranks"][0] == {} and set(result["ranks"][1]) == {"1", "3"}
+    assert result["diagnostics"][0] == {} and set(result["diagnostics"][1]) == {"rank/1", "rank/3"}
 
 
 def test_rank_zero_freezes_the_body_exactly():
@@ -92,13 +92,13 @@ def test_huge_learning_rate_raises_floating_point_error():
 
 
 def test_results_are_there_after_every_task():
-    """run(until=k) stops at each task boundary (where the sweep reports) with that task's row, ranks and count."""
+    """run(until=k) stops at each task boundary (where the sweep reports) with that task's row, diagnostics and count."""
     trainer = trainer_for("train.epochs=1", "benchmark=split_digits")
     for task in range(1, 6):
         trainer.run(until=task)
         assert trainer.next_task == task
         assert [len(row) for row in trainer.rows] == list(range(1, task + 1))
-        assert len(trainer.ranks) == len(trainer.trainable_params) == task
+        assert len(trainer.diagnostics) == len(trainer.trainable_params) == task
     assert all(count > 0 for count in trainer.trainable_params)
     final = trainer.result().to_dict()
     assert set(final) >= {"acc", "bwt", "forgetting"}

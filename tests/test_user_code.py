@@ -17,7 +17,8 @@ from torch import nn
 
 import ness_sweep.train as train
 from ness_sweep.benchmarks import check_benchmark, check_task_stream, load_stream
-from ness_sweep.config import UserError, load_run_config
+from ness_sweep.config import UserError
+from ness_sweep.methods import load_run_config
 from ness_sweep import models
 from ness_sweep.models import check_model, check_model_fits, mlp, model_problem
 
@@ -114,7 +115,8 @@ def test_a_benchmark_and_model_outside_the_package_train_through_the_cli(tmp_pat
     result = json.loads(output.read_text())
     assert result["config"]["benchmark"] == "streams:make" and result["config"]["model"] == "nets:build"
     assert len(result["acc_matrix"]) == 3 and result["acc"] > 80, result["acc_matrix"]  # chance is 50
-    assert result["ranks"][0] == {} and all(set(r) == {"1", "3"} for r in result["ranks"][1:])  # both Linear layers
+    ranks = result["diagnostics"]  # NESS's: rank/<layer>
+    assert ranks[0] == {} and all(set(r) == {"rank/1", "rank/3"} for r in ranks[1:])  # both Linear layers
     assert sorted(p.name for p in folder.iterdir()) == ["nets.py", "streams.py"]
 
 
@@ -126,8 +128,8 @@ def test_the_examples_run_from_their_folder(model, tmp_path):
     assert done.returncode == 0, done.stderr
     result = json.loads(output.read_text())
     assert len(result["acc_matrix"]) == 4 and result["acc"] > 50, result["acc_matrix"]  # chance is 10
-    layers = {"0.0", "0.3", "1"} if model == "my_model:build" else {"1", "3"}  # the convolutions and Linear / the MLP
-    assert all(set(r) == layers for r in result["ranks"][1:]), result["ranks"]
+    layers = {"rank/0.0", "rank/0.3", "rank/1"} if model == "my_model:build" else {"rank/1", "rank/3"}  # convs and Linear / the MLP
+    assert all(set(r) == layers for r in result["diagnostics"][1:]), result["diagnostics"]
 
 
 BAD_PATHS = [
@@ -274,7 +276,7 @@ def test_a_layer_ness_cannot_adapt_is_refused_under_ness_only(digits, monkeypatc
     check_model_fits(load_run_config(["model=grouped", "method=finetune"]), digits)
     with pytest.raises(UserError) as caught:
         check_model_fits(load_run_config(["model=grouped", "method=ness"]), digits)
-    assert str(caught.value) == "model=grouped: 1: Conv1d with groups=2 is not supported by NESS (groups must be 1)"
+    assert str(caught.value) == "model=grouped: 1: Conv1d with groups=2 has no well-defined input rows (groups must be 1)"
 
 
 # ---- sweeps over the user's code -----------------------------------------------------------------
@@ -289,16 +291,27 @@ def sweep_cli(args, cwd: Path, **env_changes: str) -> subprocess.CompletedProces
                           cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
 
 
-def test_a_two_trial_sweep_trains_the_users_benchmark_and_model_from_the_working_directory(tmp_path):
+def test_a_two_trial_sweep_trains_the_users_benchmark_model_and_method_from_the_working_directory(tmp_path):
+    """The benchmark and model from the working directory, the method (examples/my_method.py) from PYTHONPATH,
+    its own setting searched: the trials import all three and the rows carry the setting and its diagnostics."""
     import pyarrow.parquet as pq
 
     folder = write_user_code(tmp_path / "user")
-    done = sweep_cli(["benchmark=streams:make", "model=nets:build", f"output_dir={tmp_path / 'out'}",
-                      "sweep.name=mine"], folder)
+    (folder / "space.yaml").write_text("search:\n  l2pull.strength: {loguniform: [0.01, 10.0]}\n"
+                                       "fixed:\n  method: my_method:L2Pull\n")
+    path = os.pathsep.join(p for p in (str(EXAMPLES), os.environ.get("PYTHONPATH")) if p)
+    done = sweep_cli(["space=space.yaml", "benchmark=streams:make", "model=nets:build",
+                      f"output_dir={tmp_path / 'out'}", "sweep.name=mine"], folder, PYTHONPATH=path)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     rows = pq.read_table(tmp_path / "out" / "mine" / "results.parquet").to_pylist()
     assert [row["status"] for row in rows] == ["TERMINATED", "TERMINATED"], [row["error"] for row in rows]
     assert {row["benchmark"] for row in rows} == {"streams:make"} and {row["model"] for row in rows} == {"nets:build"}
+    assert {row["method"] for row in rows} == {"my_method:L2Pull"} and "ness.threshold" not in rows[0]
+    assert all(0.01 <= row["l2pull.strength"] <= 10 for row in rows)
+    for row in rows:  # no pull in task 1; then how far each task moved the body, and the penalty it ended with
+        first, *later = [dict(entry) for entry in row["diagnostics"]]
+        assert first == {} and len(later) == 2 and all(set(entry) == {"distance", "penalty"} for entry in later)
+        assert all(e["penalty"] == pytest.approx(row["l2pull.strength"] / 2 * e["distance"] ** 2) for e in later)
     assert all(len(row["acc_matrix"]) == 3 and row["acc"] > 60 for row in rows)  # 3 blob tasks; chance is 50
     assert "python -m ness_sweep.train benchmark=streams:make" in done.stdout
 

@@ -100,7 +100,7 @@ def test_trial_summary_holds_acc_bwt_and_the_accuracy_matrix_table(swept):
         assert Image.open(heatmap).size == (side, side)
 
 
-def test_trial_run_has_its_resolved_config_and_per_task_accuracies_and_ranks(swept):
+def test_trial_run_has_its_resolved_config_and_per_task_accuracies_and_diagnostics(swept):
     for found in trial_runs(swept):
         row, config = swept["rows"][found["name"]], found["config"]
         assert config["train"]["lr"] == row["train.lr"] and config["ness"]["threshold"] == row["ness.threshold"]
@@ -111,8 +111,8 @@ def test_trial_run_has_its_resolved_config_and_per_task_accuracies_and_ranks(swe
             seen = [h[f"acc_task/{j + 1}"] for j in range(t + 1)]
             assert seen == pytest.approx(row["acc_matrix"][t][:t + 1])
             assert h["acc_seen"] == pytest.approx(sum(seen) / len(seen))
-            assert {key[len("rank/"):]: value for key, value in h.items() if key.startswith("rank/")} \
-                == dict(row["ranks"][t])
+            logged = {key[len("diagnostics/"):]: value for key, value in h.items() if key.startswith("diagnostics/")}
+            assert logged == dict(row["diagnostics"][t]) and (t == 0) == (logged == {})  # NESS: rank/<layer>
 
 
 def test_sweep_run_holds_the_results_table(swept):

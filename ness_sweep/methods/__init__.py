@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from typing import Callable, Dict, Optional, Sequence, Tuple, Type
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Type
 
 import torch
 from omegaconf import DictConfig
 
-from ..config import RunConfig, UserError, help_text
+from .. import config
+from ..config import RunConfig, UserError, help_text, merge_onto, with_groups
 from ..benchmarks import BENCHMARKS
 from ..data import TaskStream
 from ..models import MODELS, check_model_fits, model_label
@@ -23,10 +24,18 @@ from ..trainer import EpochProgress, Trainer
 from ..user_code import resolve
 from .base import Method
 from .ness import Ness
+from .gpm import Gpm
+from .sgp import Sgp
+from .ewc import Ewc
+from .lwf import Lwf
 
 METHODS: Dict[str, Type[Method]] = {
     "finetune": Method,
     "ness": Ness,
+    "gpm": Gpm,
+    "sgp": Sgp,
+    "ewc": Ewc,
+    "lwf": Lwf,
 }
 METHOD_PARAMS = ("cfg", "model", "stream")  # how the loop builds a method: Class(cfg, model, stream)
 GROUP_NAME = re.compile(r"[a-z_][a-z0-9_]*")
@@ -62,6 +71,11 @@ def shipped_groups() -> Dict[str, str]:
     return {cls.group: name for name, cls in METHODS.items() if cls.group}
 
 
+def shipped_schema() -> type:
+    """``RunConfig`` with every shipped method's settings group: each shipped key with its default."""
+    return with_groups(RunConfig, {cls.group: cls.Settings for cls in METHODS.values() if cls.group})
+
+
 def method_groups(methods: Sequence[str]) -> Tuple[Dict[str, type], Dict[str, str]]:
     """``config.MethodGroups``: the groups these methods read, and every other shipped group with its method."""
     own = {}
@@ -70,6 +84,23 @@ def method_groups(methods: Sequence[str]) -> Tuple[Dict[str, type], Dict[str, st
         if cls.group:
             own[cls.group] = cls.Settings
     return own, {group: name for group, name in shipped_groups().items() if group not in own}
+
+
+def run_config(settings: Dict[str, Any], values: Dict[str, Any]) -> DictConfig:
+    """The run config of ``settings`` (a resolved config, maybe a sweep's holding several methods' groups) with
+    ``values`` (nested; a sweep over methods samples every option's settings) over them: it holds only the
+    settings group of its own method. Not validated."""
+    own, others = method_groups([str(values.get("method", settings["method"]))])
+    return merge_onto(with_groups(RunConfig, own), *({key: value for key, value in layer.items() if key not in others}
+                                                      for layer in (settings, values)))
+
+
+def load_run_config(args: Sequence[str]) -> DictConfig:
+    """One run's settings from ``key=value`` strings (``config.load_run_config`` with the registry's groups),
+    validated by the schema and by the method."""
+    cfg = config.load_run_config(list(args), groups=method_groups)
+    check_run(cfg)
+    return cfg
 
 
 def check_run(cfg: DictConfig) -> None:

@@ -37,9 +37,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     address = next((a.partition("=")[2] for a in argv if a.startswith("ray.address=")), None)
     environment.bind_ray_to_loopback(address)  # first: whatever imports Ray later must find it set
     if any(a in ("-h", "--help", "help") for a in argv):
-        from ..trainer import registered_names  # torch: only when help is asked for
+        from ..methods import groups_help, registered_names  # torch: only when help is asked for
 
-        print(USAGE.format(spaces=", ".join(known_spaces())) + help_text(SweepConfig) + "\n" + registered_names())
+        print(USAGE.format(spaces=", ".join(known_spaces())) + help_text(SweepConfig) + "\n" + groups_help() + "\n" + registered_names())
         return 0
     try:
         result = sweep(*argv)

@@ -77,7 +77,7 @@ class ResultsTable(tune.Callback):
 
     def __init__(self, plan: SweepPlan):
         self.plan = plan
-        self.columns = column_types(plan.run_settings(), plan.space)
+        self.columns = column_types(plan.run_settings(), plan.space, plan.run_schema())
         self.schema = results.make_schema(self.columns, {
             "sweep": plan.name,
             "space": plan.space.source,
@@ -85,6 +85,7 @@ class ResultsTable(tune.Callback):
             "modes": plan.modes,
             "searched": list(plan.space.search),
             "config_columns": [name for name, _ in self.columns],
+            "method_groups": plan.method_groups(),
         })
         self.settings = plan.run_settings()
         self.statuses: Dict[str, str] = {}  # trial id -> how it ended, as seen here
@@ -95,7 +96,7 @@ class ResultsTable(tune.Callback):
         if trial.trial_id not in self.configs:
             cfg = trial_run_config(self.settings, trial.config)
             config = flatten(resolved(cfg))
-            self.configs[trial.trial_id] = {key: config[key] for key, _ in self.columns}
+            self.configs[trial.trial_id] = {key: config.get(key) for key, _ in self.columns}  # other methods' groups: null
             self.configs[trial.trial_id]["seeds"] = self.plan.trial_seeds(cfg)
         return self.configs[trial.trial_id]
 

@@ -14,10 +14,10 @@ from typing import Any, Dict, Iterable, List, Tuple
 from omegaconf import DictConfig
 
 from ..benchmarks import check_benchmark
-from ..config import RunConfig, merge_onto, resolved
+from ..config import resolved
 from ..data import TaskStream
-from ..models import check_model, check_model_fits
-from ..trainer import check_method
+from ..methods import check_fits, check_method, run_config
+from ..models import check_model
 from ..user_code import local_module_paths
 
 CODE_KEYS = ("benchmark", "model", "method")
@@ -46,12 +46,12 @@ def check_models_fit(variants: Iterable[Tuple[DictConfig, TaskStream]], search: 
     for cfg, stream in variants:
         options = code_options(cfg, search)
         for model, method in itertools.product(options["model"], options["method"]):
-            check_model_fits(merge_onto(RunConfig, resolved(cfg), {"model": model, "method": method}), stream)
+            check_fits(run_config(resolved(cfg), {"model": model, "method": method}), stream)
 
 
 def shipped_modules(cfg: DictConfig, search: Dict[str, Any], streams: Iterable[TaskStream]) -> List[str]:
-    """The user's modules that trials import (benchmarks, models, a stream's default model), as local paths
-    for Ray's ``runtime_env`` ``py_modules``: a cluster's nodes get them without sharing a file system."""
+    """The user's modules that trials import (benchmarks, models, methods, a stream's default model), as local
+    paths for Ray's ``runtime_env`` ``py_modules``: a cluster's nodes get them without sharing a file system."""
     options = code_options(cfg, search)
-    names = [*options["benchmark"], *options["model"], *(stream.default_model for stream in streams)]
+    names = [*options["benchmark"], *options["model"], *options["method"], *(stream.default_model for stream in streams)]
     return local_module_paths(str(name) for name in names)

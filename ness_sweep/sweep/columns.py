@@ -8,7 +8,7 @@ from typing import Any, Dict, List, Tuple
 
 import pyarrow as pa
 
-from ..config import RunConfig, UserError, flatten, schema_types
+from ..config import UserError, flatten, schema_types
 from .space import Distribution, SearchSpace
 
 # Run-config keys that are not columns of the results table: seeds get their own column, the rest
@@ -16,10 +16,11 @@ from .space import Distribution, SearchSpace
 NOT_COLUMNS = ("seed", "seeds", "output", "preset")
 
 
-def column_types(settings: Dict[str, Any], space: SearchSpace) -> List[Tuple[str, pa.DataType]]:
-    """One typed column per run-config key of ``settings`` (a plan's run settings): the schema's type, or for
-    free-typed keys (ness.rank: a count or a fraction) the type the space samples or the value has."""
-    hints = schema_types(RunConfig)
+def column_types(settings: Dict[str, Any], space: SearchSpace, schema: type) -> List[Tuple[str, pa.DataType]]:
+    """One typed column per run-config key of ``settings`` (a plan's run settings, ``schema`` their run-config
+    schema with the trials' methods' groups): the schema's type, or for free-typed keys (ness.rank: a count or a
+    fraction) the type the space samples or the value has."""
+    hints = schema_types(schema)
     columns = []
     for key, value in flatten(settings).items():
         if key in NOT_COLUMNS and key not in space.search:  # a searched seed is a column of its own

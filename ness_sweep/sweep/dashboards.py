@@ -30,7 +30,7 @@ from .plan import trial_run_config
 # The trial's final report, kept in its run summary (the *_std only come with several seeds).
 SUMMARY_KEYS = ("acc", "acc_std", "bwt", "bwt_std", "forgetting", "forgetting_std", "trainable_params", "seconds")
 # Per-task charts, all against the number of tasks finished.
-PER_TASK_KEYS = ("acc_seen", "acc_task/*", "rank/*")
+PER_TASK_KEYS = ("acc_seen", "acc_task/*", "diagnostics/*")
 # What the sweep-level table holds besides the config columns: enough for ACC-against-BWT views.
 TABLE_METRICS = ("acc", "bwt", "forgetting", "seconds")
 SUMMARY_JOB_TYPE = "sweep-summary"
@@ -129,7 +129,8 @@ class WandbRuns(tune.Callback):
     """One W&B run per trial in the sweep's group, and one ``<sweep>-summary`` run at the end.
 
     A trial's run holds its full resolved config; after each task ``task``, ``acc_seen``, each seen task's
-    accuracy (``acc_task/N``) and the rank chosen per layer (``rank/LAYER``); at the end the summary holds
+    accuracy (``acc_task/N``) and the method's diagnostics (``diagnostics/KEY``: NESS's ``rank/LAYER``, the
+    rank chosen per layer); at the end the summary holds
     the final metrics, the accuracy matrix as a table and as a heatmap. The summary run holds the results
     table, read from ``results.parquet``: list this callback after ``ResultsTable``, which writes it when
     the experiment ends.
@@ -190,7 +191,7 @@ class WandbRuns(tune.Callback):
                 continue
             logged = {"task": entry["task"], "acc_seen": entry["acc_seen"]}
             logged.update({f"acc_task/{j + 1}": acc for j, acc in enumerate(entry["acc_row"])})
-            logged.update({f"rank/{layer}": rank for layer, rank in entry["task_ranks"].items()})
+            logged.update({f"diagnostics/{key}": value for key, value in entry["task_diagnostics"].items()})
             run.log(logged)
             self.logged[trial.trial_id] = entry["task"]
 

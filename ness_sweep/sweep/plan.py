@@ -23,12 +23,13 @@ import pyarrow.fs as pafs
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from .. import results
+from .. import config, results
 from ..benchmarks import STREAM_KEYS, stream_settings
 from ..config import (RunConfig, SweepConfig, SweepSettings, UserError, first_line, flatten, joins_cluster,
                       load_sweep_config, merge_onto, parse_overrides, resolved, schema_types, unflatten, validate_run,
-                      validate_sweep)
-from .code import check_code
+                      validate_sweep, with_groups)
+from ..methods import check_run, method_class, method_groups, run_config
+from .code import check_code, code_options
 from .columns import column_types
 from .space import SearchSpace, known_spaces, load_space, space_from_record
 
@@ -71,13 +72,23 @@ class SweepPlan:
         return self.folder.location
 
     def run_settings(self) -> Dict[str, Any]:
-        """The run-config part every trial starts from, with the device resolved."""
+        """The run-config part every trial starts from (with the settings group of each method it may run), with
+    the device resolved."""
         everything = resolved(self.cfg)
-        settings = {f.name: everything[f.name] for f in dataclasses.fields(RunConfig)}
+        sweep_only = {f.name for f in dataclasses.fields(SweepConfig)} - {f.name for f in dataclasses.fields(RunConfig)}
+        settings = {key: value for key, value in everything.items() if key not in sweep_only}
         settings.update(device=self.device, seeds=None)
         if self.seeds:
             settings["seed"] = self.seeds[0]
         return settings
+
+    def run_schema(self) -> type:
+        """The run-config schema of the trials: ``RunConfig`` with the settings group of each method they may run."""
+        return with_groups(RunConfig, sweep_groups(self.cfg, self.space.search))
+
+    def method_groups(self) -> Dict[str, Optional[str]]:
+        """Each method the trials may run, with its settings group (None: fine-tuning has none)."""
+        return {name: method_class(name).group for name in code_options(self.cfg, self.space.search)["method"]}
 
     def trial_seeds(self, cfg: DictConfig) -> List[int]:
         """The seeds one trial runs: the sweep's, or the trial's own (sampled) seed."""
@@ -103,22 +114,46 @@ def build_plan(args: List[str], now: Optional[datetime] = None) -> SweepPlan:
     if not overrides.get("space"):
         raise UserError(f"space: required; known spaces: {', '.join(known_spaces())} (or a path to a .yaml file)")
     space = load_space(str(overrides.space))
-    run_keys = schema_types(RunConfig)
+    given = flatten(OmegaConf.to_container(overrides))
+    methods = _space_methods(space, given, config.preset_layer(overrides))
+    own, others = method_groups(methods)
+    run_keys = schema_types(with_groups(RunConfig, own))
     for section, keys in (("search", space.search), ("fixed", space.fixed)):
         for key in keys:
+            group = key.partition(".")[0]
+            if group in others:
+                raise UserError(f"{space.source}: {section}.{key}: a setting of method={others[group]}, and this "
+                                f"sweep's method is {' or '.join(methods)}; drop it, or sweep method={others[group]}")
             if key not in run_keys:
                 raise UserError(f"{space.source}: {section}.{key}: unknown key; spaces search and fix run "
                                   "settings such as train.lr or ness.threshold (python -m ness_sweep.train --help)")
     where_trials_run = {"ray": OmegaConf.to_container(overrides).get("ray", {})}  # a cluster's GPUs are not here
+    schema = with_groups(SweepConfig, own)
     for key, value in space.fixed.items():
-        _checked(lambda: validate_run(merge_onto(SweepConfig, where_trials_run, unflatten({key: value}))),
+        _checked(lambda: validate_run(merge_onto(schema, where_trials_run, {"method": methods[0]},
+                                                 unflatten({key: value}))),
                  f"{space.source}: fixed.{key}")
     _checked(lambda: merge_onto(SweepSettings, space.sweep), f"{space.source}: sweep")
-    cfg = load_sweep_config(list(args), base=[unflatten(space.fixed), {"sweep": space.sweep}])
+    cfg = load_sweep_config(list(args), method_groups, base=[unflatten(space.fixed), {"sweep": space.sweep}],
+                            searched_methods=methods[1:] if "method" in space.search else ())
     plan = _complete_plan(cfg, space, list(args))
     plan.name = _sweep_name(plan, now or datetime.now())
     check_writable(plan.cfg.output_dir, plan.name)
     return plan
+
+
+def _space_methods(space: SearchSpace, command_line: Dict[str, Any], preset: Optional[DictConfig]) -> List[str]:
+    """The methods a sweep's trials may run, before its config is layered: the command line's, else the options
+    the space searches, else the one it or the preset fixes, else the default."""
+    if "method" not in command_line and "method" in space.search:
+        return [str(option) for option in space.search["method"].values]
+    fixed = {"method": space.fixed["method"]} if "method" in space.fixed else {}
+    return [config.method_of([fixed, preset, command_line])]
+
+
+def sweep_groups(cfg: DictConfig, search: Dict[str, Any]) -> Dict[str, type]:
+    """The settings groups of every method a sweep's trials may run (``code.code_options``)."""
+    return method_groups(code_options(cfg, search)["method"])[0]
 
 
 def _complete_plan(cfg: DictConfig, space: SearchSpace, command_line: List[str]) -> SweepPlan:
@@ -133,10 +168,10 @@ def _complete_plan(cfg: DictConfig, space: SearchSpace, command_line: List[str])
         raise UserError(f"space={space.name}: the command line fixes every searched key "
                           f"({', '.join(space.search)}); nothing is left to search")
     space = dataclasses.replace(space, search=searched)
-    everything = resolved(cfg)
+    everything, schema = resolved(cfg), with_groups(SweepConfig, sweep_groups(cfg, searched))
     for key, dist in searched.items():
         for value in dist.values:  # every sample lies between the bounds (or is an option): check those
-            _checked(lambda: validate_run(merge_onto(SweepConfig, everything, unflatten({key: value}))),
+            _checked(lambda: _validate_trial(merge_onto(schema, everything, unflatten({key: value}))),
                      f"{space.source}: search.{key}: {dist.kind} value {value!r}")
     metrics, modes = _objectives(cfg, given)
     scheduler = cfg.sweep.scheduler or ("asha" if len(metrics) == 1 else "fifo")
@@ -147,7 +182,7 @@ def _complete_plan(cfg: DictConfig, space: SearchSpace, command_line: List[str])
     seeds = None if "seed" in searched else list(listed or [cfg.seed])
     plan = SweepPlan(cfg, space, metrics, modes, scheduler, cfg.sweep.num_samples or DEFAULT_NUM_SAMPLES,
                      seeds, name=str(cfg.sweep.name or ""), device=_trial_device(cfg), command_line=command_line)
-    column_types(plan.run_settings(), space)  # choice options of mixed types fail here, not at the end
+    column_types(plan.run_settings(), space, plan.run_schema())  # choice options of mixed types fail here, not at the end
     stream_variants(plan)  # searched stream-shaping keys: finitely many streams, or refused here
     check_code(cfg, searched)  # every benchmark, model and method a trial may name resolves
     return plan
@@ -169,8 +204,9 @@ def resume_plan(args: List[str], overrides: DictConfig) -> SweepPlan:
     try:
         with folder.filesystem.open_input_stream(folder.path(folder.PLAN)) as stream:
             record = OmegaConf.to_container(OmegaConf.create(stream.read().decode()))
-        stored = merge_onto(SweepConfig, record["config"])
         space = space_from_record(record["space"])
+        schema = with_groups(SweepConfig, sweep_groups(OmegaConf.create(record["config"]), space.search))
+        stored = merge_onto(schema, record["config"])
         stored_line = flatten(OmegaConf.to_container(parse_overrides(record["command_line"])))
     except (UserError, KeyError, TypeError, ValueError, OmegaConfBaseException) as error:
         raise UserError(f"{folder.shown(folder.PLAN)}: unreadable plan ({first_line(error)})") from None
@@ -183,13 +219,13 @@ def resume_plan(args: List[str], overrides: DictConfig) -> SweepPlan:
         elif key in ("space", "preset"):
             if str(stored_line.get(key)) != str(value):
                 changed.append(key)
-        elif flatten(resolved(merge_onto(SweepConfig, record["config"], unflatten({key: value}))))[key] != stored_values[key]:
+        elif flatten(resolved(merge_onto(schema, record["config"], unflatten({key: value}))))[key] != stored_values[key]:
             changed.append(key)
     if changed:
         raise UserError(f"resume=true: {', '.join(changed)} differ from the plan the sweep started with "
                         f"({folder.shown(folder.PLAN)}); a resume continues that plan, and may change only "
                           f"{', '.join(k for k in RESUME_MAY_CHANGE if k not in ('resume', 'sweep.name'))}")
-    cfg = merge_onto(SweepConfig, record["config"], unflatten(allowed),
+    cfg = merge_onto(schema, record["config"], unflatten(allowed),
                      {"resume": True, "output_dir": output_dir, "sweep": {"name": str(name)}})
     validate_run(cfg)
     validate_sweep(cfg)
@@ -322,10 +358,17 @@ def check_cluster_reachable(cfg: DictConfig) -> None:
 
 
 def trial_run_config(settings: Dict[str, Any], params: Dict[str, Any]) -> DictConfig:
-    """The run config of one trial: the sweep's settings with the sampled values, validated."""
-    cfg = merge_onto(RunConfig, settings, unflatten(params))
-    validate_run(cfg)
+    """The run config of one trial: the sweep's settings with the sampled values, holding only the settings
+    group of the trial's method (a sweep over methods holds each option's), validated."""
+    cfg = run_config(settings, unflatten(params))
+    _validate_trial(cfg)
     return cfg
+
+
+def _validate_trial(cfg: DictConfig) -> None:
+    """A run config's ranges (``config.validate_run``) and its method's own checks (``Method.check_config``)."""
+    validate_run(cfg)
+    check_run(cfg)
 
 
 def stream_key(settings: Dict[str, Any]) -> str:

@@ -18,7 +18,8 @@ from ..benchmarks import check_stream, stream_settings
 from ..config import first_line
 from ..data import TaskStream
 from ..metrics import mean_std, seen_accuracy
-from ..trainer import global_rng_state, make_trainer, set_global_rng_state
+from ..methods import make_trainer
+from ..trainer import global_rng_state, set_global_rng_state
 from .plan import stream_key, trial_run_config
 from .progress import EpochSender
 
@@ -57,7 +58,8 @@ class SeedTrainer:
 
 
 def task_history(runs: List[SeedTrainer]) -> List[Dict[str, Any]]:
-    """Per finished task: acc_seen and the accuracy row (means over seeds), and the task's ranks (first seed's).
+    """Per finished task: acc_seen and the accuracy row (means over seeds), and the method's diagnostics of the
+    task (the first seed's).
     Every report carries the whole history, so a run resumed elsewhere can be logged from task 1."""
     trainers = [run.trainer for run in runs]
     history = []
@@ -68,7 +70,7 @@ def task_history(runs: List[SeedTrainer]) -> List[Dict[str, Any]]:
         if len(rows) > 1:
             entry["acc_seen_std"] = std
         entry["acc_row"] = [mean_std(list(cells))[0] for cells in zip(*rows)]
-        entry["task_ranks"] = trainers[0].ranks[k]
+        entry["task_diagnostics"] = trainers[0].diagnostics[k]
         history.append(entry)
     return history
 
@@ -88,7 +90,7 @@ def task_metrics(runs: List[SeedTrainer]) -> Dict[str, Any]:
     matrices = [f["acc_matrix"] for f in finals]
     metrics["acc_matrix"] = [[None if cells[0] is None else sum(cells) / len(cells) for cells in zip(*rows)]
                              for rows in zip(*matrices)]
-    metrics["ranks"] = finals[0]["ranks"]
+    metrics["diagnostics"] = finals[0]["diagnostics"]
     metrics["trainable_params"] = finals[0]["trainable_params"]
     return metrics
 

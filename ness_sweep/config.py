@@ -83,8 +83,8 @@ class NessSettings:
 @dataclass
 class GpmSettings:
     threshold: Any = setting(None, "energy threshold in (0, 1): one number, or a list with one per adapted layer; "
-                                   "null: the paper's value for the benchmark (split_cifar100 0.97 + 0.003 t, "
-                                   "five_datasets 0.965, permuted streams 0.95 for the first layer and 0.99 after)")
+                                   "null: the paper's value (split_cifar100 0.97 + 0.003 t, five_datasets 0.965), "
+                                   "else chosen on validation data (permuted_digits 0.99, others 0.97)")
     samples: int = setting(300, "training samples per task whose layer inputs form the representation (the "
                                 "paper's code: 300 on permuted MNIST, 125 on CIFAR-100)")
 
@@ -100,7 +100,7 @@ EwcSettings = settings_group("EwcSettings", {
 })
 
 LwfSettings = settings_group("LwfSettings", {
-    "lambda": (float, setting(1.0, "weight of the distillation loss on the old heads")),
+    "lambda": (float, setting(0.3, "weight of the distillation loss on the old heads (summed over them)")),
     "temperature": (float, setting(2.0, "softmax temperature of the distillation")),
 })
 
@@ -520,6 +520,9 @@ def _describe(error: Exception, merged: DictConfig, layer: Any) -> str:
     key = getattr(error, "full_key", None) or _failing_key(merged, layer)
     message = first_line(error)
     if "Key '" in message and "not in" in message or "ConfigKeyError" in type(error).__name__:
+        given = OmegaConf.select(OmegaConf.create(layer), key) if isinstance(layer, Mapping) else None
+        if OmegaConf.is_dict(given) and given:  # an unknown group (a typo, another method's): name its first key
+            key = f"{key}.{next(iter(flatten(OmegaConf.to_container(given))))}"
         return f"{key}: unknown key (see --help for the valid keys)"
     node = _schema_node(merged, key)
     if OmegaConf.is_dict(node):

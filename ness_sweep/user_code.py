@@ -26,23 +26,24 @@ from .config import UserError
 IMPORT_PATH = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
 
 
-def resolve(key: str, name: str, registry: Mapping[str, Callable], params: Sequence[str], returns: str) -> Callable:
-    """The registry's function of that name, or the function an import path points to.
+def resolve(key: str, name: str, registry: Mapping[str, Callable], params: Sequence[str], returns: str,
+            kind: str = "function") -> Callable:
+    """The registry's function (or class: ``kind``) of that name, or the one an import path points to.
 
-    ``params`` and ``returns`` describe how the function is called (``fn(data_root, seed, ...) -> TaskStream``),
-    for the error messages and for checking that its signature accepts that call.
+    ``params`` and ``returns`` describe how it is called (``fn(data_root, seed, ...) -> TaskStream``), for the
+    error messages and for checking that its signature accepts that call.
     """
     if name in registry:
         return registry[name]
     call = f"({', '.join(params)}) -> {returns}"
     if ":" not in name:
-        raise UserError(f"{key}={name}: must be one of {', '.join(registry)}, or an import path module:function "
-                        f"to a function{call}")
+        raise UserError(f"{key}={name}: must be one of {', '.join(registry)}, or an import path module:{kind} "
+                        f"to a {kind}{call}")
     if not IMPORT_PATH.fullmatch(name):
-        raise UserError(f"{key}={name}: not an import path; write module:function, e.g. my_pkg.streams:make_stream")
+        raise UserError(f"{key}={name}: not an import path; write module:{kind}, e.g. my_pkg.streams:make_stream")
     module_name, _, qualname = name.partition(":")
-    found = _attribute(key, name, _import(key, name, module_name), qualname, call)
-    _check_call(key, name, found, params, call)
+    found = _attribute(key, name, _import(key, name, module_name), qualname, call, kind)
+    _check_call(key, name, found, params, f"{kind}{call}")
     return found
 
 
@@ -77,7 +78,7 @@ def _working_directory_importable() -> str:
     return cwd
 
 
-def _attribute(key: str, name: str, module: ModuleType, qualname: str, call: str) -> Callable:
+def _attribute(key: str, name: str, module: ModuleType, qualname: str, call: str, kind: str) -> Callable:
     """``module.<qualname>``, which must exist and be callable."""
     found = module
     for part in qualname.split("."):
@@ -86,7 +87,7 @@ def _attribute(key: str, name: str, module: ModuleType, qualname: str, call: str
             raise UserError(f"{key}={name}: {where} has no {qualname}; define {qualname}{call} there")
         found = getattr(found, part)
     if not callable(found):
-        raise UserError(f"{key}={name}: {qualname} is a {type(found).__name__}, not a function; "
+        raise UserError(f"{key}={name}: {qualname} is a {type(found).__name__}, not a {kind}; "
                         f"it must be {qualname}{call}")
     return found
 
@@ -101,7 +102,7 @@ def _check_call(key: str, name: str, function: Callable, params: Sequence[str], 
         signature.bind(*params)
     except TypeError:
         raise UserError(f"{key}={name}: takes {signature}, but is called as ({', '.join(params)}); "
-                        f"it must be a function{call}") from None
+                        f"it must be a {call}") from None
 
 
 def local_module_paths(names: Iterable[str]) -> List[str]:

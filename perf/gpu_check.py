@@ -33,10 +33,10 @@ from typing import Callable, Dict, List, Optional, Tuple
 import torch
 from torch import nn
 
-from ness_sweep import ness
+from ness_sweep import ness, statistics
 from ness_sweep.benchmarks import stream_for
-from ness_sweep.config import load_run_config
-from ness_sweep.trainer import Trainer, make_trainer
+from ness_sweep.methods import load_run_config, make_trainer
+from ness_sweep.trainer import Trainer
 
 CPU = torch.device("cpu")
 
@@ -122,7 +122,7 @@ def null_space_margin(kind: str, low_rank: bool, device: torch.device) -> Tuple[
     layer, x = null_space_case(kind)
     layer, x = layer.to(device), x.to(device)
     before = layer(x)
-    with ness.recording_grams({"l": layer}) as grams:
+    with statistics.recording_grams({"l": layer}) as grams:
         layer(x)
     bases, sigma_max = ness.subspace_bases(grams, 1e-2, "frobenius", None)
     adapter = ness.NullSpaceAdapter(layer, bases["l"])
@@ -306,10 +306,9 @@ def check_epoch(device: torch.device, sizes: Sizes) -> List[Row]:
     samples = len(stream.tasks[1].y_train)
     rows = []
     for model in sizes.models:
-        seconds = {}
-        for method in ("finetune", "ness"):
-            trainer = perf.trainer_after_first_task(stream, [f"model={model}", f"method={method}", *CIFAR], device)
-            seconds[method] = perf.epoch_seconds(trainer, sizes.epochs, device)
+        trainers = {method: perf.trainer_after_first_task(stream, [f"model={model}", f"method={method}", *CIFAR],
+                                                          device) for method in ("finetune", "ness")}
+        seconds = perf.task_two_epochs(trainers, sizes.epochs, device)
         rows.append(Row(f"epoch: {model}, {samples:,} images of {sizes.side}x{sizes.side}, batch 64, {device}",
                         " / ".join(f"{method} {s:.3f} s/epoch ({samples / s:,.0f} samples/s)"
                                    for method, s in seconds.items())
@@ -338,7 +337,7 @@ def measured(fn: Callable[[], object], device: torch.device) -> Tuple[object, fl
 
 def statistics_step(trainer: Trainer, last: int) -> Tuple[dict, Dict[str, torch.Tensor], str]:
     """Replay statistics before task ``last`` and the bases they give; a row's text."""
-    grams, gram_s, gram_mib = measured(lambda: trainer.replay_grams(last), trainer.device)
+    grams, gram_s, gram_mib = measured(lambda: trainer.method.grams(trainer.stream.tasks[:last]), trainer.device)
     n = trainer.cfg.ness
     (bases, _), eig_s, eig_mib = measured(lambda: ness.subspace_bases(grams, n.threshold, n.norm, n.rank),
                                           trainer.device)

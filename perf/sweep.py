@@ -38,7 +38,7 @@ import torch  # noqa: E402
 
 from ness_sweep.sweep import dashboards, plan as planning, tuner  # noqa: E402
 from ness_sweep.benchmarks import stream_for  # noqa: E402
-from ness_sweep.trainer import make_trainer  # noqa: E402
+from ness_sweep.methods import make_trainer  # noqa: E402
 
 
 def timed_sweep(args, output_dir, name):

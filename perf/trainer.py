@@ -3,7 +3,8 @@
     python perf/trainer.py [--epochs 5] [--device auto] [--cases mlp,alexnet,cnn1d]
                            [--sections epoch,subspaces,statistics,memory]
 
-1. ``epoch``: epoch time of a NESS task against a fine-tuning task (same model, data and task; target ≤ 1.15×).
+1. ``epoch``: epoch time of a task under every method against a fine-tuning task (same model, data and task;
+   NESS's target ≤ 1.15×).
 2. ``subspaces``: building the subspaces, one forward pass for all adapted layers against one pass per layer.
 3. ``statistics``: ``replay`` against ``stream`` statistics as the number of tasks grows: time at the last
    task, and the memory each keeps between tasks (old inputs plus Gram matrices, against Gram matrices alone).
@@ -20,23 +21,24 @@ import argparse
 import ctypes
 import json
 import os
-import statistics
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
+from statistics import median
 from typing import Callable, Dict, List, Optional
 
 import torch
 
-from ness_sweep import ness
+from ness_sweep import statistics
 from ness_sweep.benchmarks.digits import permuted_digits
 from ness_sweep.benchmarks.mnist1d import permuted_mnist1d
-from ness_sweep.config import RunConfig, load_run_config
+from ness_sweep.config import RunConfig
 from ness_sweep.data import Task, TaskStream
+from ness_sweep.methods import METHODS, load_run_config, make_trainer
 from ness_sweep.models import pick_device
-from ness_sweep.trainer import Trainer, make_trainer
+from ness_sweep.trainer import Trainer
 
 
 def sync(device: torch.device) -> None:
@@ -75,40 +77,62 @@ def trainer_after_first_task(stream: TaskStream, overrides: List[str], device: t
     return trainer
 
 
-def epoch_seconds(trainer: Trainer, epochs: int, device: torch.device) -> float:
-    """Median seconds per epoch of task 2 (train + validation), after one warm-up epoch."""
-    trainer.pre_train(1)
-    params = trainer.trainable_parameters(1)
-    trainer.cfg.train.epochs = 1
-    trainer.train_loop(1, params)  # warm-up
-    times = [timed(lambda: trainer.train_loop(1, params), device) for _ in range(epochs)]
-    return statistics.median(times)
+def task_two_epochs(trainers: Dict[str, Trainer], epochs: int, device: torch.device) -> Dict[str, float]:
+    """Median seconds per epoch of task 2 (train + validation) for each trainer, after one warm-up epoch each.
+    Task 2 starts through the method's hooks as ``Trainer.run`` starts it, and each ``train_loop`` is one epoch
+    (``trainer_after_first_task`` sets train.epochs=1). The timed epochs take turns across the trainers, so
+    that drift in the machine's load or clocks falls on every method alike."""
+    params = {}
+    for name, trainer in trainers.items():
+        trainer.method.before_task(1)
+        params[name] = trainer.train_only(trainer.method.trainable_parameters(1))
+        trainer.train_loop(1, params[name])  # warm-up
+    times: Dict[str, List[float]] = {name: [] for name in trainers}
+    for _ in range(epochs):
+        for name, trainer in trainers.items():
+            times[name].append(timed(lambda: trainer.train_loop(1, params[name]), device))
+    return {name: median(seconds) for name, seconds in times.items()}
 
 
-def ness_vs_finetune(name: str, stream: TaskStream, overrides: List[str], epochs: int, device: torch.device) -> None:
-    ness_trainer = trainer_after_first_task(stream, ["method=ness", *overrides], device)
-    finetune_trainer = trainer_after_first_task(stream, ["method=finetune", *overrides], device)
-    ness_s = epoch_seconds(ness_trainer, epochs, device)
-    finetune_s = epoch_seconds(finetune_trainer, epochs, device)
+# Every method trains with the same train.* settings, ones that GPM and SGP accept: they refuse Adam and weight
+# decay, whose updates would leave their projections.
+EPOCH_SETTINGS = ["train.optimizer=sgd", "train.weight_decay=0"]
+# At the default λ = 100, EWC's penalty diverges on the random-label AlexNet (lr · λ · max F ≈ 8 > 2 (1 +
+# momentum)) and a loss that is not finite stops the loop; the penalty costs the same at any λ.
+METHOD_SETTINGS = {"ewc": ["ewc.lambda=10"]}
+
+
+def methods_vs_finetune(name: str, stream: TaskStream, overrides: List[str], epochs: int,
+                        device: torch.device) -> None:
+    """One row per method: its epoch time, relative to fine-tuning's, and what trains in task 2."""
+    trainers = {method: trainer_after_first_task(
+        stream, [f"method={method}", *EPOCH_SETTINGS, *METHOD_SETTINGS.get(method, []), *overrides], device)
+        for method in METHODS}
+    seconds = task_two_epochs(trainers, epochs, device)
     samples = len(stream.tasks[1].y_train)
-    ranks = {k: m.rank for k, m in ness_trainer.model.body.named_modules() if isinstance(m, ness.NullSpaceAdapter)}
-    print(f"| {name} | {device.type} | {finetune_s:.3f} | {ness_s:.3f} | {ness_s / finetune_s:.2f}x "
-          f"| {samples / finetune_s:,.0f} | {samples / ness_s:,.0f} | {sum(ranks.values())} |")
+    for method, trainer in trainers.items():
+        s = seconds[method]
+        trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
+        print(f"| {name} | {device.type} | {method} | {s:.3f} | {s / seconds['finetune']:.2f}x "
+              f"| {samples / s:,.0f} | {trainable:,} |", flush=True)
 
 
 def one_pass_vs_per_layer(name: str, stream: TaskStream, overrides: List[str], device: torch.device) -> None:
     trainer = trainer_after_first_task(stream, overrides, device)
-    layers = ness.adaptable_layers(trainer.model)
+    layers = statistics.adaptable_layers(trainer.model)
     body = trainer.model.body
     passes = []
     handle = body.register_forward_hook(lambda *args: passes.append(1))
 
+    def inputs():
+        return statistics.training_inputs(trainer.stream.tasks[:1], statistics.BATCH_SIZE)
+
     def one_pass():
-        ness.collect_grams(body, layers, trainer.task_inputs(stream.tasks[:1]))
+        statistics.collect_grams(body, layers, inputs())
 
     def per_layer():
         for layer_name, layer in layers.items():
-            ness.collect_grams(body, {layer_name: layer}, trainer.task_inputs(stream.tasks[:1]))
+            statistics.collect_grams(body, {layer_name: layer}, inputs())
 
     one_pass()  # warm-up
     passes.clear()
@@ -131,12 +155,15 @@ def replay_vs_stream(name: str, make_stream: Callable[[int], TaskStream], task_c
     for tasks in task_counts:
         stream = make_stream(tasks)
         trainer = trainer_after_first_task(stream, overrides, device)
-        layers = ness.adaptable_layers(trainer.model)
+        layers = statistics.adaptable_layers(trainer.model)
         body = trainer.model.body
         # Before task T, replay runs all T-1 previous tasks' inputs; stream adds only the task just finished.
-        replay_s = timed(lambda: ness.collect_grams(body, layers, trainer.task_inputs(stream.tasks[:tasks - 1])), device)
+        def inputs(first: int):
+            return statistics.training_inputs(trainer.stream.tasks[first:tasks - 1], statistics.BATCH_SIZE)
+
+        replay_s = timed(lambda: statistics.collect_grams(body, layers, inputs(0)), device)
         grams: Dict[str, torch.Tensor] = {}
-        stream_s = timed(lambda: grams.update(ness.collect_grams(body, layers, trainer.task_inputs(stream.tasks[tasks - 2:tasks - 1]))), device)
+        stream_s = timed(lambda: grams.update(statistics.collect_grams(body, layers, inputs(tasks - 2))), device)
         gram_bytes = tensor_bytes(grams.values())
         kept_inputs = tensor_bytes(t.x_train for t in stream.tasks[:tasks - 1])
         print(f"| {name} | {tasks} | {replay_s:.3f} | {stream_s:.3f} | {(kept_inputs + gram_bytes) / 2**20:.2f} "
@@ -199,13 +226,13 @@ def cuda_step_peak_bytes(step: Callable[[], object], device: torch.device) -> in
 
 
 def statistics_step(trainer: Trainer, memory: str) -> Callable[[], object]:
-    """The trainer's own statistics work for the last task: replay runs every earlier task's inputs through
-    the network in pre_train (``replay_grams``); stream adds only the task just finished to its running sum
-    in post_train (nothing to merge after the first task, so post_train is the statistics alone)."""
+    """NESS's own statistics work for the last task: replay runs every earlier task's inputs through the
+    network in ``before_task`` (``Ness.grams``); stream adds only the task just finished to its running sum in
+    ``after_task`` (nothing to merge after the first task, so ``after_task`` is the statistics alone)."""
     last = trainer.num_tasks - 1
     if memory == "replay":
-        return lambda: trainer.replay_grams(last)
-    return lambda: trainer.post_train(last - 1)
+        return lambda: trainer.method.grams(trainer.stream.tasks[:last])
+    return lambda: trainer.method.after_task(last - 1)
 
 
 def step_peak_mib(case: str, memory: str, device: torch.device) -> float:
@@ -273,17 +300,18 @@ def mnist1d_stream() -> TaskStream:
 
 
 def epoch_section(cases: List[str], digits: TaskStream, epochs: int, device: torch.device) -> None:
-    print("\n## Epoch time: NESS task vs fine-tuning task (task 2, median of timed epochs)")
-    print("| case | device | fine-tune s/epoch | NESS s/epoch | NESS / fine-tune | fine-tune samples/s | NESS samples/s | total rank |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("\n## Epoch time: every method's task vs a fine-tuning task (task 2, median of timed epochs; "
+          "NESS's target ≤ 1.15x)")
+    print("| case | device | method | s/epoch | / fine-tune | samples/s | trainable params |")
+    print("|---|---|---|---|---|---|---|")
     if "mlp" in cases:
-        ness_vs_finetune("MLP 64-256-256, permuted digits", digits, [], epochs, device)
+        methods_vs_finetune("MLP 64-256-256, permuted digits", digits, [], epochs, device)
     if "alexnet" in cases:
-        ness_vs_finetune("AlexNet, 32x32x3 (2,500 images/task)", random_image_stream(3, 2500), CIFAR_OVERRIDES,
-                         epochs, device)
+        methods_vs_finetune("AlexNet, 32x32x3 (2,500 images/task)", random_image_stream(3, 2500), CIFAR_OVERRIDES,
+                            epochs, device)
     if "cnn1d" in cases:
-        ness_vs_finetune("CNN-1D, permuted MNIST-1D (3,600 signals/task)", mnist1d_stream(), ["model=cnn1d"],
-                         epochs, device)
+        methods_vs_finetune("CNN-1D, permuted MNIST-1D (3,600 signals/task)", mnist1d_stream(), ["model=cnn1d"],
+                            epochs, device)
 
 
 def subspaces_section(cases: List[str], digits: TaskStream, device: torch.device) -> None:

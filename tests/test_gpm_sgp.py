@@ -18,7 +18,7 @@ from ness_sweep.benchmarks import stream_for
 from ness_sweep.config import UserError
 from ness_sweep.data import Task, TaskStream
 from ness_sweep.methods import load_run_config, make_trainer
-from ness_sweep.methods.gpm import Gpm, extend_basis, paper_thresholds
+from ness_sweep.methods.gpm import Gpm, default_thresholds, extend_basis
 from ness_sweep.methods.sgp import Sgp, updated_importance
 from ness_sweep.train import main
 
@@ -210,10 +210,10 @@ def test_the_first_basis_follows_the_papers_eq_5_one_vector_more_than_the_author
 
 
 def test_thresholds_per_layer():
-    assert paper_thresholds("split_cifar100", 2, 3) == pytest.approx([0.979, 0.979])
-    assert paper_thresholds("five_datasets", 1, 4) == [0.965]
-    assert paper_thresholds("permuted_mnist1d", 3, 2) == [0.95, 0.99, 0.99]
-    assert paper_thresholds("split_digits", 2, 0) == [0.97, 0.97]
+    assert default_thresholds("split_cifar100", 2, 3) == pytest.approx([0.979, 0.979])  # the paper's
+    assert default_thresholds("five_datasets", 1, 4) == [0.965]
+    assert default_thresholds("permuted_digits", 2, 2) == [0.99, 0.99]  # chosen on validation data
+    assert default_thresholds("split_digits", 2, 0) == [0.97, 0.97]
     assert tiny_method(Gpm, "gpm.threshold=[0.5,0.8]").thresholds(1) == {"conv": 0.5, "fc": 0.8}
     assert tiny_method(Sgp, "sgp.threshold=0.9").thresholds(0) == {"conv": 0.9, "fc": 0.9}
 

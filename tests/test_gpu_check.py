@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from ness_sweep.methods import METHODS
+
 SCRIPT = Path(__file__).resolve().parents[1] / "perf" / "gpu_check.py"
 
 
@@ -52,7 +54,7 @@ def test_null_space_check_holds_on_the_cpu_through_both_adapter_paths():
 
 def test_null_space_check_fails_when_the_update_leaves_the_null_space(monkeypatch):
     """The check can fail: with the basis taken from the LARGEST directions the bound breaks."""
-    spectrum = gpu_check.ness.spectrum
+    spectrum = gpu_check.statistics.spectrum
     monkeypatch.setattr(gpu_check.ness, "spectrum", lambda g: (spectrum(g)[0], spectrum(g)[1].flip(1)))
     assert not any(row.ok for row in gpu_check.check_null_space(CPU, SMALL))
 
@@ -65,6 +67,13 @@ def test_checkpoint_check_loads_a_trainer_state_on_the_cpu():
 def test_epoch_check_times_both_methods():
     (row,) = gpu_check.check_epoch(CPU, SMALL)
     assert row.ok is None and "finetune" in row.result and "ness" in row.result and "samples/s" in row.result
+
+
+def test_trainer_epoch_table_times_every_method_against_fine_tuning(capsys):
+    """perf/trainer.py's epoch table (its timing is the epoch check's): one row per registered method."""
+    gpu_check.perf.methods_vs_finetune("mlp", SMALL.stream(2), ["model=mlp"], 1, CPU)
+    rows = [line.split(" | ") for line in capsys.readouterr().out.splitlines()]
+    assert [row[2] for row in rows] == list(METHODS) and rows[0][4] == "1.00x"
 
 
 def test_statistics_check_compares_the_device_with_the_cpu():

@@ -44,7 +44,7 @@ GROUP_NAME = re.compile(r"[a-z_][a-z0-9_]*")
 def method_class(name: str) -> Type[Method]:
     """The class of a registered method or of an import path ``module:Class``, checked against the contract:
     a subclass of ``Method`` whose settings group, if any, is a new name with a dataclass schema."""
-    found = resolve("method", name, METHODS, METHOD_PARAMS, "a subclass of ness_sweep.methods.base.Method")
+    found = resolve("method", name, METHODS, METHOD_PARAMS, "a ness_sweep.methods.Method", kind="class")
     if name in METHODS:
         return found
     if not (isinstance(found, type) and issubclass(found, Method)):

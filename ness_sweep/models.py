@@ -9,8 +9,9 @@ The model contract, for the shipped models and the user's own (``model=my_pkg.ne
   head train: everything else in the body (batch norm, other layer types, biases) stays as the first task
   left it.
 - ``heads``: an ``nn.ModuleList``, one head per task, sized from ``stream.tasks[t].num_classes``, outside ``body``;
-  each head trains on its own task only.
-- ``forward(x, task)``: the logits of head ``task`` (an int) for a batch ``x`` of N × ``stream.input_shape``.
+  each head trains on its own task only (LwF excepted: its old heads learn from their distillation terms).
+- ``forward(x, task)``: the logits of head ``task`` (an int) for a batch ``x`` of N × ``stream.input_shape``,
+  which must equal ``heads[task](body(x))`` (LwF reads every old head's logits from one pass of the body).
 
 ``model=auto`` builds the stream's ``default_model``. ``check_model_fits`` builds the model once before any
 training and runs two samples of every task through it, so a model that breaks the contract or cannot take
@@ -203,11 +204,15 @@ def model_problem(model: object, stream: TaskStream) -> Optional[str]:
     model.eval()
     with torch.no_grad():
         for t, task in enumerate(stream.tasks):
-            out = model(task.inputs(task.x_train[:2]), t)
+            x = task.inputs(task.x_train[:2])
+            out = model(x, t)
             wanted = (len(task.x_train[:2]), task.num_classes)
             if not isinstance(out, Tensor) or tuple(out.shape) != wanted:
                 got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
                 return f"forward(x, {t}) gives {got}; task {t} needs logits of shape N x num_classes = {wanted}"
+            if not torch.allclose(out, heads[t](body(x)), rtol=1e-4, atol=1e-5):
+                return (f"forward(x, {t}) differs from heads[{t}](body(x)); make forward exactly that "
+                        "(LwF reads the old heads' logits from one pass of the body)")
     return None
 
 

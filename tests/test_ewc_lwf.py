@@ -2,16 +2,12 @@
 gradient, online accumulation; the distillation term from softmax and log by hand), and both through the
 command line."""
 
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ness_sweep import train
 from ness_sweep.data import Task, TaskStream
 from ness_sweep.methods import load_run_config
 from ness_sweep.methods.ewc import Ewc
@@ -193,22 +189,3 @@ def test_lwf_reports_the_distillation_it_ended_with_and_drops_the_snapshot():
     assert lwf.diagnostics(1)["distill_loss"] == pytest.approx(float(want.detach()), rel=1e-5)
     assert lwf.snapshot is None
 
-
-# ---- the command line --------------------------------------------------------------------------------
-
-@pytest.mark.parametrize("name", ["ewc", "lwf"])
-def test_each_method_runs_from_the_command_line(name, tmp_path):
-    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
-    done = subprocess.run([sys.executable, "-m", "ness_sweep.train", f"method={name}", "benchmark=split_digits",
-                           "train.epochs=1"], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
-    assert done.returncode == 0, done.stderr
-    assert "ACC" in done.stdout
-
-
-@pytest.mark.parametrize("args,key", [(["method=ewc", "ewc.lambda=-1"], "ewc.lambda"),
-                                      (["method=lwf", "lwf.temperature=0"], "lwf.temperature")])
-def test_bad_values_exit_2_with_one_line_naming_the_key(args, key, capsys, monkeypatch):
-    monkeypatch.setattr(train, "run_seed", lambda *a, **k: pytest.fail("training started on bad input"))
-    assert train.main(args) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and key in err[0], err

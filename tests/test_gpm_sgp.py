@@ -3,8 +3,6 @@ representations built patch by patch, the projection keeping an old task's outpu
 SGP at λ = 1 being GPM, the refusals, and one command-line run of each."""
 
 import json
-import subprocess
-import sys
 from collections import OrderedDict
 
 import pytest
@@ -295,13 +293,12 @@ def test_the_command_line_refuses_adam_with_exit_code_2_and_writes_nothing(tmp_p
 # ---- (e) one real run of each through the command line ------------------------------------------
 
 @pytest.mark.parametrize("method", ["gpm", "sgp"])
-def test_one_epoch_run_through_the_command_line(method, tmp_path):
+def test_one_epoch_run_through_the_command_line(method, tmp_path, capsys):
     output = tmp_path / "result.json"
-    done = subprocess.run([sys.executable, "-m", "ness_sweep.train", f"method={method}", "benchmark=split_digits",
-                           "train.epochs=1", "device=cpu", f"output={output}"],
-                          capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
-    assert "ACC" in done.stdout and f"{method} basis sizes" in done.stdout
+    assert main([f"method={method}", "benchmark=split_digits", "train.epochs=1", "device=cpu",
+                 f"output={output}"]) == 0
+    printed = capsys.readouterr().out
+    assert "ACC" in printed and f"{method} basis sizes" in printed
     result = json.loads(output.read_text())
     assert result["acc"] > 60 and len(result["diagnostics"]) == 5
     sizes = [row["basis/1"] for row in result["diagnostics"]]

@@ -113,7 +113,7 @@ def test_global_rng_state_round_trip_restores_the_cuda_generator():
 
 # ---- the per-epoch progress hook ---------------------------------------------------------------
 
-@pytest.mark.parametrize("method", sorted(METHODS))
+@pytest.mark.parametrize("method", ["finetune", "ness"])  # the hook is the loop's: no method sees it
 def test_on_epoch_after_every_epoch_changes_nothing(method):
     # lr_patience above the epochs: no lr step, so every task runs all its epochs
     settings = [f"method={method}", "benchmark=split_digits", "train.epochs=3", "train.lr_patience=100"]

@@ -258,6 +258,14 @@ def test_each_broken_part_of_a_model_is_named(breaks, says, digits):
     assert says in model_problem(breaks(digits), digits)
 
 
+def test_a_forward_that_is_not_head_of_body_is_found(digits):
+    """LwF reads every old head's logits as heads[j](body(x)): a forward that does more breaks it silently."""
+    model = mlp(digits)
+    model.forward = lambda x, task: model.heads[task](model.body(x)) * 2
+    assert model_problem(model, digits) == ("forward(x, 0) differs from heads[0](body(x)); make forward exactly "
+                                            "that (LwF reads the old heads' logits from one pass of the body)")
+
+
 def test_a_head_of_the_wrong_size_is_found_by_its_output(digits):
     model = mlp(digits)
     model.heads[3] = nn.Linear(256, 5, bias=False)

@@ -243,7 +243,7 @@ def load_run_config(args: List[str], groups: MethodGroups) -> DictConfig:
 def load_sweep_config(args: List[str], groups: MethodGroups, base: Optional[List[Any]] = None,
                       searched_methods: Sequence[str] = ()) -> DictConfig:
     """A sweep's settings from the command line over ``base`` (its space's fixed values and sweep defaults);
-    ``searched_methods``: the options of a searched ``method``, whose groups the sweep holds too."""
+    ``searched_methods``: the options of a searched ``method``, whose groups the sweep holds instead."""
     cfg = layered(SweepConfig, parse_overrides(args), groups, base, searched_methods)
     validate_run(cfg)
     validate_sweep(cfg)
@@ -426,19 +426,19 @@ def layered(schema: type, overrides: DictConfig, groups: MethodGroups, base: Opt
     """The one way settings are layered: the schema's defaults < ``base`` (a sweep space's fixed values and
     sweep defaults) < the preset named in ``overrides`` < ``overrides`` (the command line).
 
-    The config holds the settings groups of its method (and of ``searched_methods``) only: a key of another
-    method's group is refused in ``base`` and ``overrides``, and dropped from a preset (which may hold
-    several methods' groups, each run reading its own)."""
+    The config holds the settings groups of its method (of a sweep searching ``method``: of every option,
+    ``searched_methods``) only: a key of another method's group is refused in ``base`` and ``overrides``, and
+    dropped from a preset (which may hold several methods' groups, each run reading its own)."""
     layers = list(base or [])
     preset = preset_layer(overrides)
-    method = method_of([*layers, preset, overrides])
-    own, others = groups([method, *searched_methods])
+    methods = list(searched_methods) or [method_of([*layers, preset, overrides])]
+    own, others = groups(methods)
     for layer in [*layers, overrides]:
         for group in set(others) & set(layer):
             value = layer[group]
             key = next(iter(flatten({group: OmegaConf.to_container(value) if OmegaConf.is_config(value) else value})), group)
-            raise UserError(f"{key}: a setting of method={others[group]}, and this run's method is {method}; "
-                            f"drop it, or set method={others[group]}")
+            raise UserError(f"{key}: a setting of method={others[group]}, and this run's method is "
+                            f"{' or '.join(methods)}; drop it, or set method={others[group]}")
     schema = with_groups(schema, own)
     if preset is not None:
         preset = OmegaConf.masked_copy(preset, [key for key in preset if key not in others])

@@ -135,7 +135,7 @@ def build_plan(args: List[str], now: Optional[datetime] = None) -> SweepPlan:
                  f"{space.source}: fixed.{key}")
     _checked(lambda: merge_onto(SweepSettings, space.sweep), f"{space.source}: sweep")
     cfg = load_sweep_config(list(args), method_groups, base=[unflatten(space.fixed), {"sweep": space.sweep}],
-                            searched_methods=methods[1:] if "method" in space.search else ())
+                            searched_methods=methods if "method" in space.search else ())
     plan = _complete_plan(cfg, space, list(args))
     plan.name = _sweep_name(plan, now or datetime.now())
     check_writable(plan.cfg.output_dir, plan.name)

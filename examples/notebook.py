@@ -20,14 +20,20 @@ baseline = ness_sweep.train("method=finetune", benchmark="my_benchmark:rotated_d
                             out=None)
 print(f"fine-tune: ACC {baseline.acc:.2f}  BWT {baseline.bwt:.2f}")
 
-# %% A small sweep over the threshold and learning rate with the example CNN; every trial is a row.
+# %% A small sweep over the threshold and learning rate with the example CNN, chosen on validation data; its
+# best configuration is then rerun on two fresh seeds (the confirmation). Every trial and rerun is a row.
 found = ness_sweep.sweep(space="smoke", benchmark="my_benchmark:rotated_digits", model="my_model:build",
-                         train={"epochs": 2}, sweep={"num_samples": 3, "scheduler": "fifo"},
+                         train={"epochs": 2}, sweep={"num_samples": 3, "scheduler": "fifo", "confirm_top": 1,
+                                                     "confirm_seeds": 2},
                          wandb={"mode": "disabled"}, output_dir="notebook_results", out=lambda line: None)
 table = found.to_pandas()
-print(table[["trial_id", "status", "acc", "bwt", "ness.threshold", "train.lr"]].to_string(index=False))
+print(table[["trial_id", "stage", "status", "valid_acc", "acc", "bwt", "ness.threshold", "train.lr"]].to_string(index=False))
 
-# %% The best trial's settings rerun it exactly: the same numbers, without Ray.
-print(f"best trial {found.best['trial_id']}: ACC {found.best['acc']:.2f}")
+# %% The headline: the chosen configuration's test ACC on the fresh seeds, beside the search's own number.
+acc, std = found.confirmed.mean_std("acc")
+print(f"chosen trial {found.best['trial_id']}: search ACC {found.best['acc']:.2f}; "
+      f"confirmed on seeds {found.confirmed.seeds}: ACC {acc:.2f} ± {std:.2f}")
+
+# %% Its settings (with the confirmation's seeds) rerun the headline exactly, without Ray.
 rerun = ness_sweep.train(**found.best_config, out=None)
-print(f"rerun of its settings: ACC {rerun.acc:.2f}")
+print(f"rerun of its settings: ACC {rerun.acc:.2f} ± {rerun.to_dict()['acc_std']:.2f}")

@@ -59,6 +59,8 @@ class TrainSettings:
     epochs: int = setting(20, "epochs per task at most (the paper's protocol may stop earlier, see lr_min)")
     lr: float = setting(0.05, "learning rate")
     batch_size: int = setting(64, "training batch size")
+    eval_batch_size: int = setting(64, "batch size of evaluation and of the layer-input statistics: models with "
+                                       "batch statistics (alexnet, resnet18) depend on it; the paper: 64")
     optimizer: str = setting("sgd", f"one of {', '.join(OPTIMIZERS)}")
     momentum: float = setting(0.9, "SGD momentum, in [0, 1)")
     weight_decay: float = setting(0.0, "L2 weight decay")
@@ -134,12 +136,18 @@ class RunConfig:
 class SweepSettings:
     name: Optional[str] = setting(None, "the sweep's folder name under output_dir (default: space and time)")
     num_samples: Optional[int] = setting(None, "trials to run (default: the space's, else 10)")
-    metric: Any = setting(None, "acc, bwt or forgetting, or a list of them for a Pareto front (default acc)")
+    metric: Any = setting(None, "what Optuna and ASHA select on: valid_acc, valid_bwt or valid_forgetting (on "
+                                "held-out training data), or a list of them for a Pareto front (default valid_acc)")
+    select_on_test: bool = setting(False, "allow selecting on the test metrics acc, bwt, forgetting (optimistic: "
+                                          "every view of the results then says 'selected on test')")
     mode: Any = setting(None, "max or min per metric (default: each metric's natural one)")
     scheduler: Optional[str] = setting(None, "asha (stops weak trials after tasks) or fifo (default: asha for "
-                                             "one metric)")
+                                             "one metric, unless the space searches method)")
     max_concurrent: Optional[int] = setting(None, "trials at once at most (default: what the resources hold)")
     seed: int = setting(0, "seeds Optuna: the same command proposes the same configurations")
+    confirm_top: int = setting(3, "when the search ends, rerun its best configurations (per method, when it "
+                                  "searches method) on fresh seeds; 0: no confirmation")
+    confirm_seeds: int = setting(3, "fresh seeds each confirmed configuration runs, disjoint from the search's")
     progress_s: float = setting(30.0, "seconds between progress lines of running trials and the status line "
                                       "(0: none)")
 
@@ -270,6 +278,8 @@ def validate_run(cfg: DictConfig) -> None:
     _require(t.epochs >= 1, "train.epochs", t.epochs, "must be >= 1")
     _require(t.lr > 0, "train.lr", t.lr, "must be > 0")
     _require(t.batch_size >= 1, "train.batch_size", t.batch_size, "must be >= 1")
+    _require(t.eval_batch_size >= 2, "train.eval_batch_size", t.eval_batch_size,
+             "must be >= 2 (batch norm with batch statistics needs two samples)")
     _require(t.optimizer in OPTIMIZERS, "train.optimizer", t.optimizer, f"must be one of {', '.join(OPTIMIZERS)}")
     _require(0 <= t.momentum < 1, "train.momentum", t.momentum, "must be in [0, 1)")
     _require(t.weight_decay >= 0, "train.weight_decay", t.weight_decay, "must be >= 0")
@@ -368,6 +378,8 @@ def validate_sweep(cfg: DictConfig) -> None:
         _require(s.num_samples >= 1, "sweep.num_samples", s.num_samples, "must be >= 1")
     if s.max_concurrent is not None:
         _require(s.max_concurrent >= 1, "sweep.max_concurrent", s.max_concurrent, "must be >= 1")
+    _require(s.confirm_top >= 0, "sweep.confirm_top", s.confirm_top, "must be >= 0 (0: no confirmation)")
+    _require(s.confirm_seeds >= 1, "sweep.confirm_seeds", s.confirm_seeds, "must be >= 1")
     if s.scheduler is not None:
         _require(s.scheduler in ("asha", "fifo"), "sweep.scheduler", s.scheduler, "must be asha or fifo")
 

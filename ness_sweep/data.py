@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
-from typing import Dict, Iterator, List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -66,11 +66,13 @@ class TaskStream:
         return TaskStream(self.name, [t.to(device) for t in self.tasks], self.input_shape, self.default_model, self.meta)
 
 
-def batches(n: int, batch_size: int, generator: Optional[torch.Generator] = None) -> Iterator[Tensor]:
-    """Index batches over ``n`` samples; shuffled when a generator is given."""
-    order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
-    for start in range(0, n, batch_size):
-        yield order[start:start + batch_size]
+def in_batches(x: Tensor, size: int) -> Tuple[Tensor, ...]:
+    """Consecutive slices of ``x`` (no copies) of ``size`` rows; a last slice of one row joins the one before:
+    batch norm with batch statistics cannot normalise a single sample."""
+    parts = x.split(size)
+    if len(parts) > 1 and len(parts[-1]) == 1:
+        parts = parts[:-2] + (x[len(x) - len(parts[-2]) - 1:],)
+    return parts
 
 
 def split_train_valid(x: Tensor, y: Tensor, valid_fraction: float, seed: int) -> Tuple[Tensor, Tensor, Tensor, Tensor]:

@@ -1,15 +1,31 @@
 """Continual-learning metrics as pure functions of the accuracy matrix.
 
-R[i][j] is the test accuracy (%) on task j after training task i (j ≤ i); entries above the diagonal
-are ignored (they may be None). T = len(R).
+R[i][j] is the accuracy (%) on task j after training task i (j ≤ i); entries above the diagonal
+are ignored (they may be None). T = len(R). A run keeps two such matrices: on each task's test split and on
+its validation split (held out of its training data); a sweep selects on the second and reports the first.
 """
 
 from __future__ import annotations
 
 import statistics
-from typing import Optional, Sequence
+from typing import Dict, Optional, Sequence
 
 Matrix = Sequence[Sequence[Optional[float]]]
+
+TEST, VALID = "test", "valid"  # the splits a run is evaluated on after every task
+NATURAL_MODE = {"acc": "max", "bwt": "max", "forgetting": "min"}  # a run's final metrics and which way is better
+FINAL = tuple(NATURAL_MODE)  # each a function of its accuracy matrix
+
+
+def on_split(metric: str, split: str) -> str:
+    """A metric's name on a split: ``acc`` on test, ``valid_acc`` on validation (``acc_seen``, ``acc_matrix`` too)."""
+    return metric if split == TEST else f"{split}_{metric}"
+
+
+def final_metrics(R: Matrix, split: str = TEST) -> Dict[str, float]:
+    """ACC, BWT and forgetting of one matrix, named for its split (``on_split``)."""
+    values = (average_accuracy(R), backward_transfer(R), forgetting(R))
+    return {on_split(metric, split): value for metric, value in zip(FINAL, values)}
 
 
 def average_accuracy(R: Matrix) -> float:

@@ -26,8 +26,9 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 from omegaconf import OmegaConf
 
-from . import results
-from .results import Status, SweepFolder
+from . import results, selection
+from .metrics import TEST, on_split
+from .results import Stage, Status, SweepFolder
 
 STUDY_FILE = SweepFolder.OPTUNA
 FRONT_METRICS, FRONT_MODES = ("acc", "bwt"), ("max", "max")  # the trade-off every NESS sweep is judged on
@@ -50,6 +51,7 @@ class Section:
     caption: str
     figure: Optional[go.Figure] = None
     note: str = ""
+    table: Optional[Tuple[List[str], List[List[str]]]] = None  # a header and rows of text cells, shown above the figure
 
 
 # ---- what the table says -----------------------------------------------------------------------
@@ -159,19 +161,20 @@ def running_best(values: Sequence[float]) -> List[float]:
     return out
 
 
-def history_section(rows: List[Dict[str, Any]], searched: Sequence[str]) -> Section:
-    """ACC in the order Tune created the trials, with the best so far: did TPE improve after its random start?"""
+def history_section(rows: List[Dict[str, Any]], searched: Sequence[str], metric: str) -> Section:
+    """The objective in the order Tune created the trials, with the best so far: did TPE improve after its random
+    start?"""
     title = "Optimisation history"
-    caption = ("Final ACC of each finished trial against its place in the order the sweep created trials "
-               "(trials that did not finish leave gaps), and the best ACC so far. Optuna's first 10 trials "
+    caption = (f"The objective {metric} of each finished trial against its place in the order the sweep created "
+               f"trials (trials that did not finish leave gaps), and the best so far. Optuna's first 10 trials "
                "are random; TPE proposes the rest.")
-    order = [(i + 1, r) for i, r in enumerate(rows) if is_finished(r)]
+    order = [(i + 1, r) for i, r in enumerate(rows) if is_finished(r) and _number(r.get(metric))]
     if not order:
         return Section("history", title, caption, note="No finished trial yet.")
-    x, acc = [i for i, _ in order], [r["acc"] for _, r in order]
-    figure = _figure(title, "trial (creation order)", "ACC (%)")
-    figure.add_trace(go.Scatter(x=x, y=acc, mode="markers", name="ACC", text=[_hover(r, searched) for _, r in order],
-                                hovertemplate="%{text}<br>ACC %{y:.2f}<extra></extra>", marker={"size": 8}))
+    x, acc = [i for i, _ in order], [r[metric] for _, r in order]
+    figure = _figure(title, "trial (creation order)", f"{metric} (%)")
+    figure.add_trace(go.Scatter(x=x, y=acc, mode="markers", name=metric, text=[_hover(r, searched) for _, r in order],
+                                hovertemplate=f"%{{text}}<br>{metric} %{{y:.2f}}<extra></extra>", marker={"size": 8}))
     figure.add_trace(go.Scatter(x=x, y=running_best(acc), mode="lines", name="best so far",
                                 line={"shape": "hv", "color": "#d62728"}))
     return Section("history", title, caption, figure)
@@ -206,18 +209,19 @@ def importance_section(study: Any, metrics: Sequence[str], missing: str) -> Sect
     return Section("importances", title, caption, figure)
 
 
-def acc_seen_section(rows: List[Dict[str, Any]]) -> Section:
-    """acc_seen after each task, per trial: the signal ASHA decides on, so a line that ends early is a trial
-    stopped there; its end is marked by how the trial ended."""
-    title = "acc_seen per task"
-    caption = ("Mean accuracy over the tasks seen so far (acc_seen, %) after each finished task, one line per "
+def acc_seen_section(rows: List[Dict[str, Any]], signal: str) -> Section:
+    """The per-task signal ASHA decides on (``valid_acc_seen``, or ``acc_seen`` for a sweep selecting on test), per
+    trial, so a line that ends early is a trial stopped there; its end is marked by how the trial ended."""
+    title = f"{signal} per task"
+    caption = (f"Mean accuracy over the tasks seen so far ({signal}, %) after each finished task, one line per "
                "trial, coloured by how it ended; the marker is its last report (× = stopped early by ASHA).")
-    traced = [r for r in rows if r.get("acc_seen_per_task")]
+    column = f"{signal}_per_task"
+    traced = [r for r in rows if r.get(column)]
     if not traced:
         return Section("acc_seen", title, caption, note="No trial has finished a task yet.")
-    figure = _figure(title, "tasks finished", "acc_seen (%)")
+    figure = _figure(title, "tasks finished", f"{signal} (%)")
     for row in traced:
-        status, values = row["status"], list(row["acc_seen_per_task"])
+        status, values = row["status"], list(row[column])
         colour = STATUS_COLOUR.get(status, "#bcbd22")
         figure.add_trace(go.Scatter(
             x=list(range(1, len(values) + 1)), y=values, mode="lines", name=f"trial {row['trial_id']}",
@@ -226,7 +230,7 @@ def acc_seen_section(rows: List[Dict[str, Any]]) -> Section:
     for status in sorted({r["status"] for r in traced}):
         ends = [r for r in traced if r["status"] == status]
         figure.add_trace(go.Scatter(
-            x=[len(r["acc_seen_per_task"]) for r in ends], y=[r["acc_seen_per_task"][-1] for r in ends],
+            x=[len(r[column]) for r in ends], y=[r[column][-1] for r in ends],
             mode="markers", name=f"{status} ({STATUS_MEANING.get(status, 'not ended')})", legendgroup=status,
             text=[f"trial {r['trial_id']}" for r in ends],
             marker={"size": 10, "color": STATUS_COLOUR.get(status, "#bcbd22"),
@@ -297,16 +301,75 @@ def diagnostics_section(best: Optional[Dict[str, Any]]) -> Section:
 def build_sections(table: pa.Table, plan_record: Optional[Dict[str, Any]], study: Any = None,
                    study_missing: str = f"No {STUDY_FILE} in the sweep folder.") -> List[Section]:
     """Every section of the page, in reading order; ``study_missing`` says why ``study`` is None."""
+    from .report import chosen  # the leaderboard's choice, one definition for the console and the page
+
     meta = results.sweep_metadata(table)
-    rows = table.to_pylist()
+    everything = table.to_pylist()
+    rows = results.stage_rows(everything, Stage.SEARCH)  # the search's trials; the confirmation has its sections
     searched = [key for key in meta["searched"] if key in table.column_names]
     kinds = distributions(plan_record)
-    best = (results.best_rows(table) or [None])[0]
-    return [acc_bwt_section(rows, searched),
+    best, _ = chosen(table)
+    if meta.get("by_method"):
+        study, study_missing = None, ("One Optuna study per method (SWEEP/METHOD in optuna.db): their importances "
+                                      "are in optuna-dashboard, one study at a time.")
+    return [*selection_sections(everything, meta),
+            acc_bwt_section(rows, searched),
             *[acc_vs_key_section(rows, key, kinds.get(key), searched) for key in searched],
-            history_section(rows, searched),
+            history_section(rows, searched, meta["metrics"][0]),
             importance_section(study, meta["metrics"], study_missing),
-            acc_seen_section(rows), acc_matrix_section(best), diagnostics_section(best)]
+            acc_seen_section(rows, on_split("acc_seen", meta.get("selected_on", TEST))),
+            acc_matrix_section(best), diagnostics_section(best)]
+
+
+def selection_sections(rows: List[Dict[str, Any]], meta: Dict[str, Any]) -> List[Section]:
+    """The confirmation (each confirmed configuration, search against confirmed) and, for a sweep over methods,
+    the per-method table with confirmed ACC against BWT per method."""
+    from .report import metric_text
+
+    metrics, modes = meta["metrics"], meta["modes"]
+    found = selection.confirmations(rows, metrics, modes)
+    if not found:
+        return []
+    objective = metrics[0]
+    shown = list(dict.fromkeys([objective, *selection.HEADLINE_METRICS]))
+
+    def confirmed_text(confirmed: Optional[selection.Confirmed], metric: str) -> str:
+        value = confirmed.mean_std(metric) if confirmed else None
+        return metric_text(*value) if value else "-"
+
+    header = ["trial", "method", *[f"{m} {stage}" for m in shown for stage in ("search", "confirmed")],
+              "seeds", "runs finished"]
+    cells = [[c.row["trial_id"], str(c.row.get("method")),
+              *[text for m in shown for text in (metric_text(c.row.get(m)), confirmed_text(c, m))],
+              ", ".join(map(str, c.seeds)), f"{len(c.finished)}/{len(c.reruns)}"] for c in found]
+    sections = [Section("confirmation", "Confirmation on fresh seeds",
+                        f"The search's best configurations by {objective} rerun on seeds no search trial used; "
+                        "the first row is the winner (the best confirmed validation mean). 'search' is the "
+                        "trial's own number, 'confirmed' the mean ± std of its reruns: their difference is the "
+                        "selection's optimism.", table=(header, cells))]
+    if not meta.get("by_method"):
+        return sections
+    lines = selection.per_method(rows, metrics, modes)
+    header = ["method", "trials", f"{objective} confirmed", "ACC confirmed", "BWT confirmed", "s/run", "trial"]
+    cells = [[str(line.method), str(line.trials), confirmed_text(line.confirmed, objective),
+              confirmed_text(line.confirmed, "acc"), confirmed_text(line.confirmed, "bwt"),
+              f"{line.confirmed.seconds:.1f}" if line.confirmed and line.confirmed.seconds else "-",
+              line.confirmed.row["trial_id"] if line.confirmed else "-"] for line in lines]
+    figure = _figure("Methods: confirmed ACC against BWT", "BWT (%), confirmed", "ACC (%), confirmed")
+    for line in lines:
+        acc, bwt = (line.confirmed.mean_std(m) if line.confirmed else None for m in ("acc", "bwt"))
+        if acc and bwt:
+            figure.add_trace(go.Scatter(x=[bwt[0]], y=[acc[0]], mode="markers+text", name=str(line.method),
+                                        text=[str(line.method)], textposition="top center",
+                                        error_x={"type": "data", "array": [bwt[1]]},
+                                        error_y={"type": "data", "array": [acc[1]]}))
+    sections.append(Section("methods", "Methods under one budget",
+                            f"Each method searched its own settings and the learning rate with the same number of "
+                            f"trials, was chosen by {objective}, and its best configurations were rerun on fresh "
+                            "seeds: confirmed test ACC and BWT, mean ± std (the bars) over those seeds.",
+                            figure if figure.data else None, note="No method's confirmation finished.",
+                            table=(header, cells)))
+    return sections
 
 
 def build_figures(table: pa.Table, plan_record: Optional[Dict[str, Any]], study: Any = None) -> Dict[str, go.Figure]:
@@ -327,32 +390,56 @@ def status_counts(rows: Sequence[Dict[str, Any]]) -> str:
 
 def render_html(table: pa.Table, sections: Sequence[Section]) -> str:
     """One page: plotly.js inlined with the first figure only, every later figure refers to it."""
+    from .report import chosen, headline
+
     meta = results.sweep_metadata(table)
-    rows = table.to_pylist()
+    everything = table.to_pylist()
+    rows = results.stage_rows(everything, Stage.SEARCH)
+    reruns = results.stage_rows(everything, Stage.CONFIRM)
     objectives = ", ".join(f"{m} ({mode})" for m, mode in zip(meta["metrics"], meta["modes"]))
+    on_test = meta.get("selected_on") == TEST
     head = [f"<h1>Sweep {html.escape(meta['sweep'])}</h1>",
-            f"<p>Space {html.escape(str(meta.get('space')))}; objectives {html.escape(objectives)}; searched: "
+            f"<p>Space {html.escape(str(meta.get('space')))}; objectives {html.escape(objectives)}"
+            f"{' <b>(selected on test)</b>' if on_test else ' (on validation data)'}; searched: "
             f"{html.escape(', '.join(meta['searched']) or 'nothing')}.</p>",
-            f"<p class='counts'>{html.escape(status_counts(rows))}.</p>"]
+            f"<p class='counts'>{html.escape(status_counts(rows))}"
+            f"{'; ' + str(len(reruns)) + ' confirmation runs' if reruns else ''}.</p>"]
+    if on_test:
+        head.append("<p class='note'>Selected on test: the best of many noisy test numbers is optimistic.</p>")
+    _, confirmed = chosen(table)
+    if confirmed is not None:
+        head.append(f"<p class='headline'><b>Headline</b>, confirmed on fresh seeds: {html.escape(headline(confirmed))}.</p>")
+    elif finished_rows(rows):
+        head.append("<p class='note'>Not confirmed on fresh seeds: the best row's numbers are the search's own, "
+                    "the best of noisy draws.</p>")
     if not finished_rows(rows):
         head.append("<p class='note'>No trial has finished yet: plots of final metrics are empty.</p>")
     body, plotly_js = [], True
     for section in sections:
         parts = [f"<section id='{html.escape(section.name)}'><h2>{html.escape(section.title)}</h2>",
                  f"<p class='caption'>{html.escape(section.caption)}</p>"]
-        if section.figure is None:
+        if section.table is not None:
+            parts.append(_html_table(*section.table))
+        if section.figure is None and section.note:
             parts.append(f"<p class='note'>{html.escape(section.note)}</p>")
-        else:
+        if section.figure is not None:
             height = section.figure.layout.height or 450
             parts.append(pio.to_html(section.figure, include_plotlyjs=plotly_js, full_html=False,
                                      default_height=f"{height}px", config={"displaylogo": False}))
             plotly_js = False
         body.append("\n".join(parts) + "</section>")
     style = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:auto;padding:1em;color:#222}"
-             "section{margin-top:2em}.caption{color:#555}.note{color:#a33;font-style:italic}")
+             "section{margin-top:2em}.caption{color:#555}.note{color:#a33;font-style:italic}"
+             "table{border-collapse:collapse}td,th{padding:2px 8px;text-align:right;border-bottom:1px solid #ddd}")
     return ("<!DOCTYPE html>\n<html><head><meta charset='utf-8'>"
             f"<title>ness_sweep report: {html.escape(meta['sweep'])}</title><style>{style}</style></head>\n"
             "<body>\n" + "\n".join(head + body) + "\n</body></html>\n")
+
+
+def _html_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    head = "".join(f"<th>{html.escape(cell)}</th>" for cell in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(cell)}</td>" for cell in row) + "</tr>" for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
 
 
 def read_plan(fs: pafs.FileSystem, root: str) -> Optional[Dict[str, Any]]:

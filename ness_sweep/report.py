@@ -22,23 +22,27 @@ from omegaconf import OmegaConf
 
 from .config import UserError, argument_value, first_line, flatten, unflatten
 from .methods import shipped_schema
-from .results import SweepFolder, best_rows, config_columns, filesystem_and_path, pareto_front, ranked, \
-    read_table, sweep_metadata, write_atomically
+from .metrics import FINAL, TEST
+from .results import Stage, SweepFolder, best_rows, config_columns, filesystem_and_path, pareto_front, ranked, \
+    read_table, stage_rows, sweep_metadata, write_atomically
+from .selection import HEADLINE_METRICS, Confirmed, confirmations, per_method, winner
 
 USAGE = ("usage: python -m ness_sweep.report DIR [DIR ...] [top=N | trial=ID]   (DIR: OUTPUT_DIR/SWEEP_NAME, local "
          "or a URI; several DIRs are compared in one table; trial=ID prints the command that reruns that row)")
-METRICS = ("acc", "bwt", "forgetting")
 # Optuna's TPESampler draws its first n_startup_trials (default 10, which tuner.make_searcher keeps) at random.
 TPE_STARTUP_TRIALS = 10
 
 
-def row_settings(row: Dict[str, Any], table: pa.Table) -> Dict[str, Any]:
-    """The trial's run config as dotted key -> value, with its seed (or seeds); of the methods' settings groups
-    only its own method's (a sweep over methods has a column for each option's, null in the others' rows)."""
+def row_settings(row: Dict[str, Any], table: pa.Table, seeds: Optional[Sequence[int]] = None) -> Dict[str, Any]:
+    """The trial's run config as dotted key -> value, with its seed (or seeds; ``seeds`` replaces them: a confirmed
+    configuration on its confirmation seeds); of the methods' settings groups only its own method's (a sweep
+    over methods has a column for each option's, null in the others' rows)."""
     groups = sweep_metadata(table).get("method_groups", {})
     others = {group for method, group in groups.items() if group and method != row.get("method")}
     settings = {key: row[key] for key in config_columns(table) if key.partition(".")[0] not in others}
-    seeds = row["seeds"] or []
+    seeds = list(seeds if seeds is not None else row["seeds"] or [])
+    if seeds:
+        settings.pop("seed", None)
     if len(seeds) == 1:
         settings["seed"] = seeds[0]
     elif seeds:
@@ -46,7 +50,7 @@ def row_settings(row: Dict[str, Any], table: pa.Table) -> Dict[str, Any]:
     return settings
 
 
-def train_command(row: Dict[str, Any], table: pa.Table) -> str:
+def train_command(row: Dict[str, Any], table: pa.Table, seeds: Optional[Sequence[int]] = None) -> str:
     """``python -m ness_sweep.train ...`` rerunning the trial: the benchmark, the searched keys, every key that
     differs from the schema default (a user's method's settings have none known here: always named), the
     seed(s), and always ``threads`` and ``device``: on the CPU float sums in another order would change the last
@@ -54,20 +58,54 @@ def train_command(row: Dict[str, Any], table: pa.Table) -> str:
     defaults = flatten(OmegaConf.to_container(OmegaConf.structured(shipped_schema())))
     meta = sweep_metadata(table)
     always = ("benchmark", "seed", "seeds", "threads", "device", *meta["searched"])
-    parts = [f"{key}={argument_value(value)}" for key, value in row_settings(row, table).items()
+    parts = [f"{key}={argument_value(value)}" for key, value in row_settings(row, table, seeds).items()
              if key in always or defaults.get(key, object()) != value]
     return shlex.join(["python", "-m", "ness_sweep.train", *parts])
 
 
-def best_config_yaml(row: Dict[str, Any], table: pa.Table) -> str:
+def best_config_yaml(row: Dict[str, Any], table: pa.Table, confirmed: Optional[Confirmed] = None) -> str:
     """The trial's full run config as YAML, usable as ``ness_sweep.train preset=best.yaml``, under comment
-    lines with what it measured: its metrics and its method's diagnostics per task."""
-    scores = ", ".join(f"{m} {metric_text(row.get(m), row.get(f'{m}_std'))}" for m in METRICS)
-    lines = [f"# trial {row['trial_id']}: {scores}"]
+    lines with what it measured: its metrics and its method's diagnostics per task. A confirmed winner's file
+    holds its confirmation seeds, so the preset reruns the headline, mean ± std."""
+    scores = ", ".join(f"{m} {metric_text(row.get(m), row.get(f'{m}_std'))}" for m in shown_metrics(table))
+    lines = [f"# trial {row['trial_id']} in the search{selected_on_test_note(table)}: {scores}"]
+    if confirmed is not None:
+        lines.append(f"# confirmed: {headline(confirmed)}")
     for task, entry in enumerate(row.get("diagnostics") or [], start=1):
         if entry:
             lines.append(f"# task {task} diagnostics: " + ", ".join(f"{k}={v:g}" for k, v in dict(entry).items()))
-    return "\n".join(lines) + "\n" + OmegaConf.to_yaml(OmegaConf.create(unflatten(row_settings(row, table))))
+    settings = row_settings(row, table, confirmed.seeds if confirmed is not None else None)
+    return "\n".join(lines) + "\n" + OmegaConf.to_yaml(OmegaConf.create(unflatten(settings)))
+
+
+def selected_on_test_note(table: pa.Table) -> str:
+    """' (selected on test)' for a sweep that opted in to selecting on a test metric, else ''."""
+    return " (selected on test)" if sweep_metadata(table).get("selected_on") == TEST else ""
+
+
+def headline(confirmed: Confirmed) -> str:
+    """A confirmed configuration's test ACC and BWT over its fresh seeds, beside what the search measured:
+    the difference is the selection's optimism."""
+    confirmed_scores, search_scores = [], []
+    for metric in HEADLINE_METRICS:
+        mean, std = confirmed.mean_std(metric) or (None, None)
+        confirmed_scores.append(f"{metric.upper()} {metric_text(mean, std)}")
+        search_scores.append(f"{metric.upper()} {metric_text(confirmed.row.get(metric))}")
+    seeds = ", ".join(map(str, confirmed.seeds))
+    line = (f"trial {confirmed.row['trial_id']}: {', '.join(confirmed_scores)} on fresh seeds {seeds} (test, "
+            f"mean ± std); the search measured {', '.join(search_scores)}")
+    acc = confirmed.mean_std("acc")
+    if acc is not None and confirmed.row.get("acc") is not None:
+        line += f" (the selection's optimism: {confirmed.row['acc'] - acc[0]:+.2f} ACC)"
+    if not confirmed.complete:
+        line += f"; {len(confirmed.reruns) - len(confirmed.finished)} of its reruns did not finish"
+    return line
+
+
+def shown_metrics(table: pa.Table) -> List[str]:
+    """The metrics a row is shown with: the sweep's objectives first (validation ones, unless it selected on
+    test), then the final test metrics."""
+    return list(dict.fromkeys([*sweep_metadata(table)["metrics"], *FINAL]))
 
 
 def _two_decimals(value: float) -> str:
@@ -109,11 +147,15 @@ def random_search_note(num_trials: int) -> Optional[str]:
 
 
 def sweep_header(table: pa.Table) -> List[str]:
-    """'sweep NAME: N trials (statuses)', and a line saying so when the sweep is too small for TPE to act."""
-    lines = [f"sweep {sweep_metadata(table)['sweep']}: {table.num_rows} trials "
-             f"({status_text(table.column('status').to_pylist())})"]
-    note = random_search_note(table.num_rows)
-    return lines + ([note] if note else [])
+    """'sweep NAME: N trials (statuses)[, M confirmation runs]', and a line saying so when the sweep is too small
+    for TPE to act."""
+    rows = table.to_pylist()
+    search, reruns = stage_rows(rows, Stage.SEARCH), stage_rows(rows, Stage.CONFIRM)
+    line = f"sweep {sweep_metadata(table)['sweep']}: {len(search)} trials ({status_text([r['status'] for r in search])})"
+    if reruns:
+        line += f", {len(reruns)} confirmation runs ({status_text([r['status'] for r in reruns])})"
+    note = random_search_note(len(search))
+    return [line] + ([note] if note else [])
 
 
 def leaderboard(table: pa.Table, top: int = 5) -> str:
@@ -133,7 +175,8 @@ def compare(tables: Sequence[pa.Table], top: int = 5, labels: Optional[Sequence[
                             "compare sweeps of the same sweep.metric and sweep.mode")
     several = len(tables) > 1
     table_of = dict(zip(labels, tables))
-    rows = [dict(row, sweep=label) for label, table in zip(labels, tables) for row in table.to_pylist()]
+    rows = [dict(row, sweep=label) for label, table in zip(labels, tables)
+            for row in stage_rows(table.to_pylist(), Stage.SEARCH)]
     lines = [line for table in tables for line in sweep_header(table)]
     objectives, multi = _objectives(metas[0]), len(metrics) > 1
     best = pareto_front(rows, metrics, modes) if multi else ranked(rows, metrics[0], modes[0])
@@ -142,33 +185,103 @@ def compare(tables: Sequence[pa.Table], top: int = 5, labels: Optional[Sequence[
         return "\n".join(lines)
     shown = best if multi else best[:top]
     of_sweeps = f" of {len(tables)} sweeps" if several else ""
-    lines.append(f"Pareto front{of_sweeps} over {objectives}: {len(best)} trials" if multi
-                 else f"best {len(shown)}{of_sweeps} by {objectives}")
-    metric_columns = [c for c in METRICS if c in metrics] + [c for c in METRICS if c not in metrics]
+    on_test = " (selected on test)" if any(selected_on_test_note(table) for table in tables) else ""
+    lines.append(f"Pareto front{of_sweeps} over {objectives}{on_test}: {len(best)} trials" if multi
+                 else f"best {len(shown)}{of_sweeps} by {objectives}{on_test}")
+    metric_columns = shown_metrics(tables[0])
     searched = list(dict.fromkeys(key for meta in metas for key in meta["searched"]))
     header = ["#", *(["sweep"] if several else []), "trial_id", *metric_columns, *searched, "seconds"]
     cells = [[str(i + 1), *([row["sweep"]] if several else []), row["trial_id"],
               *[metric_text(row.get(c), row.get(f"{c}_std")) for c in metric_columns],
               *[_cell(row.get(c)) for c in [*searched, "seconds"]]] for i, row in enumerate(shown)]
-    widths = [max(len(h), *(len(row[i]) for row in cells)) for i, h in enumerate(header)]
-    for row in [header, *cells]:
-        lines.append("  " + "  ".join(v.rjust(w) for v, w in zip(row, widths)))
+    lines += _aligned(header, cells)
+    if not several and confirmations(tables[0].to_pylist(), metrics, modes):
+        return "\n".join(lines + confirmation_lines(tables[0]))
     lines.append("rerun a configuration of the front:" if multi else "rerun the best configuration:")
     for row in shown if multi else shown[:1]:
         scores = ", ".join(f"{m} {metric_text(row[m])}" for m in metrics)
         where = f"sweep {row['sweep']}, " if several else ""
         lines.append(f"  # {where}trial {row['trial_id']}: {scores}")
         lines.append(f"  {train_command(row, table_of[row['sweep']])}")
+    if not several:
+        lines.append("  (the search's numbers, not confirmed on fresh seeds: the best of many noisy draws is optimistic)")
     return "\n".join(lines)
 
 
-def write_best_config(table: pa.Table, sweep_dir: str) -> Optional[str]:
-    """``best.yaml`` beside the table: the best trial's run config (the first of a Pareto front)."""
+def _aligned(header: Sequence[str], cells: Sequence[Sequence[str]]) -> List[str]:
+    widths = [max(len(h), *(len(row[i]) for row in cells)) for i, h in enumerate(header)]
+    return ["  " + "  ".join(v.rjust(w) for v, w in zip(row, widths)) for row in [header, *cells]]
+
+
+def _confirmed_text(confirmed: Optional[Confirmed], metric: str) -> str:
+    value = confirmed.mean_std(metric) if confirmed is not None else None
+    return metric_text(*value) if value else "-"
+
+
+def confirmation_lines(table: pa.Table) -> List[str]:
+    """The confirmation: each confirmed configuration's search and confirmed numbers, the winner (the best
+    confirmed validation mean) with its headline, the per-method table of a sweep over methods, and the command
+    rerunning the winner on its confirmation seeds."""
+    meta = sweep_metadata(table)
+    metrics, modes, rows = meta["metrics"], meta["modes"], table.to_pylist()
+    found = confirmations(rows, metrics, modes)
+    objective = metrics[0]
+    by_method = bool(meta.get("by_method"))
+    lines = [f"confirmed on fresh seeds: the search's best by {objective}{' per method' if by_method else ''}, rerun "
+             "(search: the trial's own numbers; confirmed: mean ± std over the reruns)"]
+    shown = list(dict.fromkeys([objective, *HEADLINE_METRICS]))
+    header = ["#", "trial_id", *(["method"] if by_method else []),
+              *[f"{m} {stage}" for m in shown for stage in ("search", "confirmed")], "runs"]
+    cells = [[str(i + 1), c.row["trial_id"], *([str(c.row["method"])] if by_method else []),
+              *[text for m in shown for text in (metric_text(c.row.get(m)), _confirmed_text(c, m))],
+              f"{len(c.finished)}/{len(c.reruns)}"] for i, c in enumerate(found)]
+    lines += _aligned(header, cells)
+    if by_method:
+        lines += method_lines(rows, metrics, modes)
+    best = winner(rows, metrics, modes)
+    if best is None:
+        return lines + ["no confirmation run finished: no winner"]
+    lines.append(f"winner by confirmed {objective}{selected_on_test_note(table)}: {headline(best)}")
+    lines.append("rerun the winner on its confirmation seeds:")
+    lines.append(f"  {train_command(best.row, table, best.seeds)}")
+    return lines
+
+
+def method_lines(rows: Sequence[Dict[str, Any]], metrics: Sequence[str], modes: Sequence[str]) -> List[str]:
+    """A sweep over methods, one line per method under one budget: its trials, its best configuration by
+    validation and that configuration's confirmed numbers."""
+    objective = metrics[0]
+    lines = [f"methods compared (the same trials each; each its best by {objective}, confirmed on fresh seeds):"]
+    header = ["method", "trials", f"{objective} confirmed", *(f"{m} confirmed" for m in HEADLINE_METRICS),
+              "s/run", "trial_id"]
+    cells = []
+    for line in per_method(rows, metrics, modes):
+        seconds = line.confirmed.seconds if line.confirmed else None
+        cells.append([str(line.method), str(line.trials), _confirmed_text(line.confirmed, objective),
+                      *(_confirmed_text(line.confirmed, m) for m in HEADLINE_METRICS),
+                      "-" if seconds is None else f"{seconds:.1f}",
+                      line.confirmed.row["trial_id"] if line.confirmed else "-"])
+    return lines + _aligned(header, cells)
+
+
+def chosen(table: pa.Table) -> Tuple[Optional[Dict[str, Any]], Optional[Confirmed]]:
+    """The sweep's choice: the confirmed winner's search row and its confirmation, or without a confirmation
+    the best search row (the first of a Pareto front) and None."""
+    meta = sweep_metadata(table)
+    confirmed = winner(table.to_pylist(), meta["metrics"], meta["modes"])
+    if confirmed is not None:
+        return confirmed.row, confirmed
     best = best_rows(table)
-    if not best:
+    return (best[0] if best else None), None
+
+
+def write_best_config(table: pa.Table, sweep_dir: str) -> Optional[str]:
+    """``best.yaml`` beside the table: the chosen trial's run config (``chosen``)."""
+    row, confirmed = chosen(table)
+    if row is None:
         return None
     fs, root = filesystem_and_path(sweep_dir)
-    write_atomically(fs, f"{root}/{SweepFolder.BEST}", best_config_yaml(best[0], table).encode())
+    write_atomically(fs, f"{root}/{SweepFolder.BEST}", best_config_yaml(row, table, confirmed).encode())
     return f"{sweep_dir.rstrip('/')}/{SweepFolder.BEST}"
 
 

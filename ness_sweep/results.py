@@ -21,6 +21,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 from .config import UserError, first_line
+from .metrics import FINAL, TEST, VALID, on_split
 
 METADATA_KEY = b"ness_sweep"
 
@@ -37,6 +38,13 @@ class Status:
     PENDING, RUNNING, PAUSED, UNFINISHED = "PENDING", "RUNNING", "PAUSED", "UNFINISHED"
     TERMINATED, STOPPED, DIVERGED, ERROR = "TERMINATED", "STOPPED", "DIVERGED", "ERROR"
     ENDED = (TERMINATED, STOPPED, DIVERGED, ERROR)
+
+
+class Stage:
+    """Which part of a sweep a row comes from: the search (Optuna's proposals, ASHA's stops) or the confirmation
+    (a search row's configuration rerun on fresh seeds when the search has ended)."""
+
+    SEARCH, CONFIRM = "search", "confirm"
 
 
 @dataclass(frozen=True)
@@ -103,19 +111,20 @@ ID_COLUMNS = [
     ("node_ip", pa.string()),
     ("node_id", pa.string()),
 ]
-# Columns after the config columns: what the trial measured (means over its seeds; *_std when several).
+# Columns after the config columns: what the trial measured (means over its seeds; *_std when several), on each
+# task's test split and, ``valid_*``, on its validation split (what the sweep selects on).
 METRIC_COLUMNS = [
+    ("stage", pa.string()),  # a Stage: found by the search, or rerun on fresh seeds to confirm a search row
+    ("confirms", pa.string()),  # a confirmation row: the trial_id of the search row it reruns
     ("seeds", pa.list_(pa.int64())),
     ("task", pa.int64()),  # tasks finished
     ("acc_seen", pa.float64()),
-    ("acc_seen_per_task", pa.list_(pa.float64())),  # acc_seen after each finished task: where ASHA stopped it
-    ("acc", pa.float64()),
-    ("acc_std", pa.float64()),
-    ("bwt", pa.float64()),
-    ("bwt_std", pa.float64()),
-    ("forgetting", pa.float64()),
-    ("forgetting_std", pa.float64()),
+    ("acc_seen_per_task", pa.list_(pa.float64())),  # acc_seen after each finished task
+    ("valid_acc_seen", pa.float64()),
+    ("valid_acc_seen_per_task", pa.list_(pa.float64())),  # what ASHA decides on: where it stopped a trial
+    *[(on_split(metric, split) + std, pa.float64()) for split in (TEST, VALID) for metric in FINAL for std in ("", "_std")],
     ("acc_matrix", pa.list_(pa.list_(pa.float64()))),  # R[i][j], null above the diagonal
+    ("valid_acc_matrix", pa.list_(pa.list_(pa.float64()))),
     ("diagnostics", pa.list_(pa.map_(pa.string(), pa.float64()))),  # per task, the method's numbers (first seed's)
     ("trainable_params", pa.list_(pa.int64())),  # per task (the first seed's)
     ("seconds", pa.float64()),  # training time, summed over seeds
@@ -208,10 +217,15 @@ def ranked(rows: List[Dict[str, Any]], metric: str, mode: str) -> List[Dict[str,
     return sorted(done, key=lambda r: -r[metric] if mode == "max" else r[metric])
 
 
+def stage_rows(rows: Sequence[Dict[str, Any]], stage: str) -> List[Dict[str, Any]]:
+    """The rows of one stage (a table written before stages existed holds search rows only)."""
+    return [row for row in rows if (row.get("stage") or Stage.SEARCH) == stage]
+
+
 def best_rows(table: pa.Table) -> List[Dict[str, Any]]:
-    """The leaderboard's rows: ranked by the metric, or the Pareto front for several objectives."""
+    """The leaderboard's rows, of the search: ranked by the metric, or the Pareto front for several objectives."""
     meta = sweep_metadata(table)
-    rows = table.to_pylist()
+    rows = stage_rows(table.to_pylist(), Stage.SEARCH)
     if len(meta["metrics"]) > 1:
         return pareto_front(rows, meta["metrics"], meta["modes"])
     return ranked(rows, meta["metrics"][0], meta["modes"][0])

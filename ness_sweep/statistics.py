@@ -16,9 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .data import Task
+from .data import Task, in_batches
 
-BATCH_SIZE = 256  # samples per forward pass while collecting (batch norm with batch statistics sees them together)
 AdaptedLayer = Union[nn.Linear, nn.Conv1d, nn.Conv2d]
 CONVOLUTIONS = (nn.Conv1d, nn.Conv2d)
 ADAPTABLE = (nn.Linear,) + CONVOLUTIONS
@@ -139,7 +138,8 @@ def adaptable_layers(model: nn.Module) -> Dict[str, AdaptedLayer]:
 
 def training_inputs(tasks: List[Task], batch_size: int, samples: Union[int, None] = None) -> Iterator[Tensor]:
     """The tasks' training inputs (the first ``samples`` of each, or all), batch by batch, normalised on the
-    device: slices of the stored tensors, so no index tensor crosses from the host."""
+    device: slices of the stored tensors, so no index tensor crosses from the host. ``batch_size`` is
+    ``train.eval_batch_size``: a model with batch statistics normalises each batch by its own."""
     for task in tasks:
-        for x in task.x_train[:samples].split(batch_size):
+        for x in in_batches(task.x_train[:samples], batch_size):
             yield task.inputs(x)

@@ -24,7 +24,7 @@ from . import callable_module
 from .benchmarks import check_benchmark, stream_for
 from .config import UserError, RunConfig, arguments, help_text, load_run_config, resolved
 from .methods import check_fits, check_run, groups_help, make_trainer, method_groups, registered_names
-from .metrics import mean_std
+from .metrics import FINAL, VALID, mean_std, on_split
 from .models import check_model
 
 USAGE = """usage: python -m ness_sweep.train [key=value ...]
@@ -50,7 +50,7 @@ class TrainResult:
     """What ``ness_sweep.train(...)`` returns: one result per seed, their mean (and std with several seeds)
     of ACC, BWT and forgetting, and the resolved settings that reproduce them."""
 
-    runs: List[dict]  # per seed: acc, bwt, forgetting, acc_matrix, diagnostics, trainable_params, seconds, seed
+    runs: List[dict]  # per seed: acc, bwt, forgetting, their valid_* twins, both matrices, diagnostics, ...
     config: dict  # every setting, resolved: the run's preset
 
     def _mean_std(self, key: str) -> Tuple[float, float]:
@@ -72,7 +72,7 @@ class TrainResult:
         """The JSON ``output=`` writes: a run's own fields with one seed; ``runs`` and mean/std with several."""
         output = dict(self.runs[0]) if len(self.runs) == 1 else {"runs": self.runs}
         if len(self.runs) > 1:
-            for key in ("acc", "bwt", "forgetting"):
+            for key in [*FINAL, *(on_split(metric, VALID) for metric in FINAL)]:
                 output[key], output[f"{key}_std"] = self._mean_std(key)
         output["config"] = self.config
         return output
@@ -135,7 +135,8 @@ def format_diagnostics(diagnostics: List[dict]) -> str:
 def summary(result: dict) -> str:
     return (f"{format_matrix(result['acc_matrix'])}\n{format_diagnostics(result['diagnostics'])}"
             f"seed {result['seed']}: ACC {result['acc']:.2f}  BWT {result['bwt']:.2f}  "
-            f"forgetting {result['forgetting']:.2f}  ({result['seconds']:.1f} s)")
+            f"forgetting {result['forgetting']:.2f}  (validation: ACC {result['valid_acc']:.2f}  "
+            f"BWT {result['valid_bwt']:.2f})  ({result['seconds']:.1f} s)")
 
 
 def apply_threads(threads: int) -> None:

@@ -21,14 +21,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import metrics
-from .data import Task, TaskStream, seed_everything
+from .data import Task, TaskStream, in_batches, seed_everything
+from .metrics import TEST, VALID
 from .models import build_model, pick_device
 
 if TYPE_CHECKING:  # the loop only drives the hooks; the registry (methods/__init__) builds it with a method
     from .methods.base import Method
-
-EVAL_BATCH_SIZE = 256  # evaluation batches: larger than training's
-
 
 def _cuda(device: Union[torch.device, str]) -> Optional[torch.device]:
     device = torch.device(device)
@@ -74,18 +72,18 @@ class EpochProgress:
 
 @dataclass
 class RunResult:
-    acc_matrix: List[List[Optional[float]]]
+    acc_matrix: List[List[Optional[float]]]  # on each task's test split
+    valid_acc_matrix: List[List[Optional[float]]]  # the same on each task's validation split: what a sweep selects on
     diagnostics: List[Dict[str, float]]  # per task, what the method reported (NESS: rank per layer)
     trainable_params: List[int]
     seconds: float
 
     def to_dict(self) -> dict:
-        R = self.acc_matrix
         return {
-            "acc": metrics.average_accuracy(R),
-            "bwt": metrics.backward_transfer(R),
-            "forgetting": metrics.forgetting(R),
-            "acc_matrix": R,
+            **metrics.final_metrics(self.acc_matrix),
+            **metrics.final_metrics(self.valid_acc_matrix, metrics.VALID),
+            "acc_matrix": self.acc_matrix,
+            "valid_acc_matrix": self.valid_acc_matrix,
             "diagnostics": self.diagnostics,
             "trainable_params": self.trainable_params,
             "seconds": self.seconds,
@@ -115,7 +113,8 @@ class Trainer:
         self.on_epoch = on_epoch
         self.shuffle = torch.Generator().manual_seed(cfg.seed)
         self.next_task = 0
-        self.rows: List[List[float]] = []
+        self.rows: List[List[float]] = []  # test accuracies after each task
+        self.valid_rows: List[List[float]] = []  # validation accuracies after each task
         self.diagnostics: List[Dict[str, float]] = []
         self.trainable_params: List[int] = []
         self.seconds = 0.0
@@ -134,13 +133,16 @@ class Trainer:
             self.train_loop(t, params)
             self.method.after_task(t)
             row = [self.accuracy(self.stream.tasks[j], j) for j in range(t + 1)]
+            valid_row = [self.accuracy(self.stream.tasks[j], j, VALID) for j in range(t + 1)]
             self.seconds += time.perf_counter() - self.task_started
             self.rows.append(row)
+            self.valid_rows.append(valid_row)
             self.diagnostics.append({key: float(value) for key, value in self.method.diagnostics(t).items()})
             self.trainable_params.append(sum(p.numel() for p in params))
             self.next_task = t + 1
             self.log(f"task {t + 1}/{self.num_tasks} done: accuracy on seen tasks "
-                     + " ".join(f"{a:.1f}" for a in row) + f" (mean {metrics.seen_accuracy(row):.2f})")
+                     + " ".join(f"{a:.1f}" for a in row) + f" (mean {metrics.seen_accuracy(row):.2f}; "
+                     f"validation {metrics.seen_accuracy(valid_row):.2f})")
         return self.result()
 
     def train_only(self, params: List[nn.Parameter]) -> List[nn.Parameter]:
@@ -224,9 +226,12 @@ class Trainer:
     # ---- evaluation -------------------------------------------------------------------------
     @torch.no_grad()
     def _predict(self, task: Task, t: int, x: Tensor, y: Tensor):
-        """Outputs and labels batch by batch, over slices of the stored tensors (no index copies)."""
+        """Outputs and labels in batches of ``train.eval_batch_size``, over slices of the stored tensors (no index
+        copies). Models with batch statistics normalise each batch by its own, so their accuracy depends on
+        that size; the others' does not."""
         self.model.eval()
-        for x_batch, y_batch in zip(x.split(EVAL_BATCH_SIZE), y.split(EVAL_BATCH_SIZE)):
+        size = self.cfg.train.eval_batch_size
+        for x_batch, y_batch in zip(in_batches(x, size), in_batches(y, size)):
             yield self.model(task.inputs(x_batch), t), y_batch
 
     def valid_loss_sum(self, task: Task, t: int) -> Tensor:
@@ -236,24 +241,27 @@ class Trainer:
             total += F.cross_entropy(out, y, reduction="sum").double()
         return total
 
-    def correct_count(self, task: Task, t: int) -> Tensor:
-        """Test samples head t gets right, counted on the device."""
+    def correct_count(self, task: Task, t: int, split: str = TEST) -> Tensor:
+        """Samples of the split (test or valid) that head t gets right, counted on the device."""
+        x, y = (task.x_valid, task.y_valid) if split == VALID else (task.x_test, task.y_test)
         correct = torch.zeros((), dtype=torch.long, device=self.device)
-        for out, y in self._predict(task, t, task.x_test, task.y_test):
-            correct += (out.argmax(1) == y).sum()
+        for out, labels in self._predict(task, t, x, y):
+            correct += (out.argmax(1) == labels).sum()
         return correct
 
     def loss(self, task: Task, t: int) -> float:
         """Mean validation cross-entropy: one read of the device per evaluation."""
         return self.valid_loss_sum(task, t).item() / len(task.y_valid)
 
-    def accuracy(self, task: Task, t: int) -> float:
-        """Test accuracy (%) of head t: one read of the device per evaluation."""
-        return 100.0 * self.correct_count(task, t).item() / len(task.y_test)
+    def accuracy(self, task: Task, t: int, split: str = TEST) -> float:
+        """Accuracy (%) of head t on the task's test or validation split: one read of the device per evaluation."""
+        total = len(task.y_valid) if split == VALID else len(task.y_test)
+        return 100.0 * self.correct_count(task, t, split).item() / total
 
     # ---- results and state ------------------------------------------------------------------
     def result(self) -> RunResult:
-        return RunResult(square_matrix(self.rows, self.num_tasks), [dict(d) for d in self.diagnostics],
+        return RunResult(square_matrix(self.rows, self.num_tasks), square_matrix(self.valid_rows, self.num_tasks),
+                         [dict(d) for d in self.diagnostics],
                          list(self.trainable_params), self.seconds)
 
     def state_dict(self) -> dict:
@@ -263,6 +271,7 @@ class Trainer:
             "next_task": self.next_task,
             "model": {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()},
             "rows": [list(r) for r in self.rows],
+            "valid_rows": [list(r) for r in self.valid_rows],
             "diagnostics": [dict(d) for d in self.diagnostics],
             "method": self.method.state_dict(),
             "trainable_params": list(self.trainable_params),
@@ -274,6 +283,7 @@ class Trainer:
         self.model.load_state_dict(state["model"])
         self.next_task = state["next_task"]
         self.rows = [list(r) for r in state["rows"]]
+        self.valid_rows = [list(r) for r in state["valid_rows"]]
         self.diagnostics = [dict(d) for d in state["diagnostics"]]
         self.method.load_state_dict(state["method"])
         self.trainable_params = list(state["trainable_params"])

@@ -125,7 +125,7 @@ def one_pass_vs_per_layer(name: str, stream: TaskStream, overrides: List[str], d
     handle = body.register_forward_hook(lambda *args: passes.append(1))
 
     def inputs():
-        return statistics.training_inputs(trainer.stream.tasks[:1], statistics.BATCH_SIZE)
+        return statistics.training_inputs(trainer.stream.tasks[:1], trainer.cfg.train.eval_batch_size)
 
     def one_pass():
         statistics.collect_grams(body, layers, inputs())
@@ -159,7 +159,7 @@ def replay_vs_stream(name: str, make_stream: Callable[[int], TaskStream], task_c
         body = trainer.model.body
         # Before task T, replay runs all T-1 previous tasks' inputs; stream adds only the task just finished.
         def inputs(first: int):
-            return statistics.training_inputs(trainer.stream.tasks[first:tasks - 1], statistics.BATCH_SIZE)
+            return statistics.training_inputs(trainer.stream.tasks[first:tasks - 1], trainer.cfg.train.eval_batch_size)
 
         replay_s = timed(lambda: statistics.collect_grams(body, layers, inputs(0)), device)
         grams: Dict[str, torch.Tensor] = {}

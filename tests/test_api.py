@@ -63,13 +63,13 @@ def test_bad_settings_raise_before_any_work(settings, says, tmp_path):
 def test_sweep_returns_the_table_and_best_trial_twice_in_one_process(ray_session, tmp_path):
     found = []
     for name in ("first", "second"):
-        found.append(ness_sweep.sweep("space=smoke", sweep={"num_samples": 3, "scheduler": "fifo", "name": name},
+        found.append(ness_sweep.sweep("space=smoke", sweep={"num_samples": 3, "scheduler": "fifo", "name": name, "confirm_top": 0},
                                       train={"epochs": 1}, output_dir=str(tmp_path), out=lambda line: None))
     for result, name in zip(found, ("first", "second")):
         assert isinstance(result.table, pa.Table) and result.table.num_rows == 3
         frame = result.to_pandas()
         assert list(frame["status"]) == ["TERMINATED"] * 3
-        assert result.best["acc"] == frame["acc"].max()
+        assert result.best["valid_acc"] == frame["valid_acc"].max() and result.confirmed is None
         assert result.best_config["train.lr"] == result.best["train.lr"]
         assert result.best_yaml == str(tmp_path / name / "best.yaml") and Path(result.best_yaml).is_file()
         assert result.unfinished == 0
@@ -96,10 +96,10 @@ def test_the_notebook_example_runs_as_shipped(tmp_path):
                           timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     lines = done.stdout.splitlines()
-    best = next(line for line in lines if line.startswith("best trial"))
+    chosen = next(line for line in lines if line.startswith("chosen trial"))
     rerun = next(line for line in lines if line.startswith("rerun of its settings"))
-    assert best.rpartition("ACC ")[2] == rerun.rpartition("ACC ")[2]  # the best row reruns to its ACC
-    assert sum("TERMINATED" in line for line in lines) == 3
+    assert chosen.rpartition("ACC ")[2] == rerun.rpartition("ACC ")[2]  # the confirmed headline reruns exactly
+    assert sum("TERMINATED" in line for line in lines) == 5  # three search trials, two reruns of the chosen one
 
 
 def test_the_torch_free_parts_import_without_torch_or_ray():

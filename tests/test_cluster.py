@@ -41,7 +41,8 @@ def loopback_environment(**changes: str) -> Dict[str, str]:
 
 
 def sweep_command(*args: str, space: str = "smoke") -> List[str]:
-    return [sys.executable, "-m", "ness_sweep.run", f"space={space}", "wandb.mode=disabled", *args]
+    return [sys.executable, "-m", "ness_sweep.run", f"space={space}", "wandb.mode=disabled", "sweep.confirm_top=0",
+            *args]
 
 
 # ---- what a process tree listens on -----------------------------------------------------------

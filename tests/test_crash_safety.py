@@ -56,7 +56,7 @@ def test_a_killed_trial_restarts_from_its_last_task_and_matches_an_uninterrupted
     # Two trials of one configuration: the interrupted one must end exactly like its twin.
     space.write_text("search: {train.lr: {choice: [0.05]}}\n"
                      "fixed: {train.epochs: 20}\n"
-                     "sweep: {num_samples: 2, scheduler: fifo, max_concurrent: 2}\n")
+                     "sweep: {num_samples: 2, scheduler: fifo, max_concurrent: 2, confirm_top: 0}\n")
     sweep_dir = tmp_path / "twins"
     process = subprocess.Popen(sweep_command(f"space={space}", "sweep.name=twins", f"output_dir={tmp_path}",
                                              "wandb.mode=disabled"),
@@ -136,7 +136,7 @@ def test_a_killed_driver_resumes_without_rerunning_finished_trials(tmp_path):
     space = tmp_path / "lrs.yaml"
     space.write_text("search: {train.lr: {loguniform: [0.01, 0.1]}}\n"
                      "fixed: {train.epochs: 3}\n"
-                     "sweep: {num_samples: 5, scheduler: fifo, max_concurrent: 1}\n")
+                     "sweep: {num_samples: 5, scheduler: fifo, max_concurrent: 1, confirm_top: 0}\n")
     sweep_dir = tmp_path / "crash"
     results_file = sweep_dir / "results.parquet"
     args = [f"space={space}", "sweep.name=crash", f"output_dir={tmp_path}"]  # W&B offline

@@ -15,7 +15,7 @@ import pytest
 import torch
 from torch.overrides import TorchFunctionMode
 
-from ness_sweep import ness, statistics, trainer as trainer_module
+from ness_sweep import ness, statistics
 from ness_sweep.benchmarks import stream_for
 from ness_sweep.methods import load_run_config
 from ness_sweep.data import Task, TaskStream
@@ -81,23 +81,21 @@ def test_training_syncs_per_epoch_do_not_grow_with_the_number_of_batches():
 
 
 @pytest.mark.parametrize("evaluate", ["accuracy", "loss"])
-def test_an_evaluation_reads_the_device_once_whatever_its_batches(evaluate, monkeypatch):
-    trainer = digits_trainer()
-    task = trainer.stream.tasks[0]
+def test_an_evaluation_reads_the_device_once_whatever_its_batches(evaluate):
     counts = []
     for batch_size in (1000, 7):  # one batch, then about twenty
-        monkeypatch.setattr(trainer_module, "EVAL_BATCH_SIZE", batch_size)
+        trainer = digits_trainer(f"train.eval_batch_size={batch_size}")
+        task = trainer.stream.tasks[0]
         with HostSyncs() as syncs:
             getattr(trainer, evaluate)(task, 0)
         counts.append(syncs.counts)
     assert counts[0] == counts[1] == Counter(reads=1)
 
 
-def test_the_statistics_pass_neither_reads_nor_moves_per_batch(monkeypatch):
-    trainer = digits_trainer()
+def test_the_statistics_pass_neither_reads_nor_moves_per_batch():
     counts = []
     for batch_size in (1000, 7):
-        monkeypatch.setattr(statistics, "BATCH_SIZE", batch_size)
+        trainer = digits_trainer(f"train.eval_batch_size={batch_size}")
         with HostSyncs() as syncs:
             trainer.method.grams(trainer.stream.tasks[:2])
         counts.append(syncs.counts)

@@ -39,9 +39,10 @@ def test_every_shipped_space_loads_and_converts(name, tmp_path):
     plan = plan_for(tmp_path, f"space={name}")
     assert plan.space.description and plan.space.search
     searcher = tuner.make_searcher(plan)
-    for i in range(5):
+    for i in range(5 if not plan.by_method else 2 * len(plan.space.search["method"].values)):
         params = searcher.suggest(f"trial{i}")
-        assert set(params) == set(plan.space.search)
+        own = set(plan.method_space(params["method"])) | {"method"} if plan.by_method else set(plan.space.search)
+        assert set(params) == own
         for key, value in params.items():
             dist = plan.space.search[key]
             if dist.kind == "choice":
@@ -80,17 +81,43 @@ def test_smoke_is_small(tmp_path):
 def test_precedence_schema_then_space_then_command_line(tmp_path):
     plan = plan_for(tmp_path, "space=smoke")
     assert plan.cfg.train.epochs == 2  # the space's fixed value beats the schema's default (20)
-    assert plan.num_samples == 4 and plan.metrics == ["acc"] and plan.modes == ["max"]
+    assert plan.num_samples == 4 and plan.metrics == ["valid_acc"] and plan.modes == ["max"]
     plan = plan_for(tmp_path, "space=smoke", "train.epochs=3", "sweep.num_samples=7", "train.lr=0.1")
     assert plan.cfg.train.epochs == 3 and plan.num_samples == 7
     assert "train.lr" not in plan.space.search and plan.cfg.train.lr == 0.1  # fixed on the command line
 
 
 def test_command_line_metric_brings_its_own_mode(tmp_path):
-    plan = plan_for(tmp_path, "space=smoke", "sweep.metric=forgetting")
-    assert plan.modes == ["min"] and plan.scheduler == "asha"
-    plan = plan_for(tmp_path, "space=smoke", "sweep.metric=[acc,bwt]")
-    assert plan.modes == ["max", "max"] and plan.scheduler == "fifo"
+    plan = plan_for(tmp_path, "space=smoke", "sweep.metric=valid_forgetting")
+    assert plan.modes == ["min"] and plan.scheduler == "asha" and plan.signal == "valid_acc_seen"
+    plan = plan_for(tmp_path, "space=smoke", "sweep.metric=[valid_acc,valid_bwt]")
+    assert plan.modes == ["max", "max"] and plan.scheduler == "fifo" and not plan.selected_on_test
+
+
+def test_selecting_on_test_needs_the_opt_in_and_then_asha_watches_test_too(tmp_path):
+    plan = plan_for(tmp_path, "space=smoke", "sweep.metric=acc", "sweep.select_on_test=true")
+    assert plan.metrics == ["acc"] and plan.selected_on_test and plan.signal == "acc_seen"
+    plan = plan_for(tmp_path, "space=smoke", "sweep.select_on_test=true")  # the opt-in alone: the test twin
+    assert plan.metrics == ["acc"] and plan.selected_on_test
+
+
+def test_the_confirmation_seeds_follow_every_seed_the_search_could_use(tmp_path):
+    assert plan_for(tmp_path, "space=smoke").confirm_seeds == [1, 2, 3]
+    assert plan_for(tmp_path, "space=smoke", "trial.seeds=[4,9,2]", "sweep.confirm_seeds=2").confirm_seeds == [10, 11]
+    path = write_space(tmp_path, "search:\n  train.lr: {choice: [0.01, 0.1]}\n  seed: {int: [30, 40]}\n")
+    assert plan_for(tmp_path, f"space={path}").confirm_seeds == [41, 42, 43]
+
+
+def test_a_sweep_over_methods_gives_each_method_its_own_study_and_equal_turns(tmp_path):
+    plan = plan_for(tmp_path, "space=methods", "sweep.num_samples=2")
+    methods = list(plan.space.search["method"].values)
+    assert plan.by_method and plan.total_trials == 2 * len(methods) and plan.scheduler == "fifo"
+    searcher = tuner.make_searcher(plan)
+    proposed = [searcher.suggest(f"t{i}") for i in range(plan.total_trials)]
+    assert [p["method"] for p in proposed] == methods * 2  # taking turns, in the space's order
+    assert searcher.suggest("one-too-many") == "FINISHED"
+    for params in proposed:  # each study searches its method's own keys and the shared ones only
+        assert {key.partition(".")[0] for key in params} <= {"method", "train", plan.method_groups()[params["method"]]}
 
 
 def test_a_users_space_file_by_path(tmp_path):
@@ -147,7 +174,18 @@ def test_unknown_space_lists_the_known_ones(tmp_path, capsys):
 @pytest.mark.parametrize("args,named", [
     (["space=smoke", "train.epochz=3"], "train.epochz"),
     (["space=smoke", "sweep.metric=loss"], "sweep.metric=loss"),
-    (["space=smoke", "sweep.metric=[acc,bwt]", "sweep.mode=[max]"], "sweep.mode"),
+    (["space=smoke", "sweep.metric=[valid_acc,valid_bwt]", "sweep.mode=[max]"], "sweep.mode"),
+    (["space=smoke", "sweep.metric=acc"], "sweep.metric=acc: a test metric; selecting on the test set reports the "
+                                          "best of noisy draws, so it needs the opt-in sweep.select_on_test=true"),
+    (["space=smoke", "sweep.metric=[valid_acc,bwt]"], "sweep.select_on_test=true"),
+    (["space=smoke", "sweep.select_on_test=true", "sweep.metric=valid_acc"], "sweep.select_on_test=true: the "
+                                                                             "objectives (valid_acc) are validation"),
+    (["space=smoke", "sweep.select_on_test=maybe"], "sweep.select_on_test"),
+    (["space=smoke", "sweep.confirm_top=-1"], "sweep.confirm_top=-1: must be >= 0"),
+    (["space=smoke", "sweep.confirm_top=two"], "sweep.confirm_top"),
+    (["space=smoke", "sweep.confirm_seeds=0"], "sweep.confirm_seeds=0: must be >= 1"),
+    (["space=smoke", "seed=4294967294"], "sweep.confirm_seeds=3: the confirmation's fresh seeds would pass"),
+    (["space=smoke", "train.eval_batch_size=1"], "train.eval_batch_size=1: must be >= 2"),
     (["space=smoke", "trial.cpu=64"], "trial.cpu=64"),
     (["space=smoke", "trial.gpu=0.25"], "trial.gpu=0.25"),
     (["train.lr=0.1"], "space: required"),

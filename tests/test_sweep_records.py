@@ -47,7 +47,7 @@ search:
   train.valid_fraction: {choice: [0.05, 0.1, 0.2]}
   seed: {choice: [0, 1]}
 fixed: {train.epochs: 1}
-sweep: {num_samples: 4, scheduler: fifo}
+sweep: {num_samples: 4, scheduler: fifo, confirm_top: 0}
 """
 
 

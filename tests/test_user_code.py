@@ -299,7 +299,8 @@ def sweep_cli(args, cwd: Path, **env_changes: str) -> subprocess.CompletedProces
     env.update(RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", PYTHONDONTWRITEBYTECODE="1", **env_changes)
     space = [] if any(arg.startswith("space=") for arg in args) else ["space=smoke"]
     return subprocess.run([sys.executable, "-m", "ness_sweep.run", *space, "wandb.mode=disabled",
-                           "sweep.num_samples=2", "sweep.scheduler=fifo", "train.epochs=1", "trial.cpu=1", *args],
+                           "sweep.num_samples=2", "sweep.scheduler=fifo", "sweep.confirm_top=0", "train.epochs=1", "trial.cpu=1",
+                           *args],
                           cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
 
 

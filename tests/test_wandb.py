@@ -60,7 +60,7 @@ def swept(ray_session, tmp_path_factory):
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
         code = run.main(["space=smoke", "train.epochs=1", f"sweep.num_samples={TRIALS}", "sweep.scheduler=fifo",
-                         "sweep.name=wb", f"output_dir={out}"])  # wandb.mode: offline by default
+                         "sweep.confirm_top=0", "sweep.name=wb", f"output_dir={out}"])  # wandb.mode: offline by default
     lines = printed.getvalue().splitlines()
     assert code == 0, lines
     sweep_dir = out / "wb"

@@ -84,7 +84,7 @@ class Lwf(Method):
         was_training = self.model.training
         self.model.eval()
         try:
-            for x in statistics.training_inputs([task], statistics.BATCH_SIZE):
+            for x in statistics.training_inputs([task], self.cfg.train.eval_batch_size):
                 total = total + self.distillation_loss(t, x) * len(x)
         finally:
             self.model.train(was_training)

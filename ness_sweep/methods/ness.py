@@ -69,7 +69,7 @@ class Ness(Method):
         """Gram matrices of every adapted layer's inputs over the tasks' training data, in one forward pass
         (with replay memory: all previous tasks through the current, merged network, as in the paper)."""
         return statistics.collect_grams(self.model.body, statistics.adaptable_layers(self.model),
-                                        statistics.training_inputs(tasks, statistics.BATCH_SIZE))
+                                        statistics.training_inputs(tasks, self.cfg.train.eval_batch_size))
 
     def state_dict(self) -> Dict[str, Any]:
         return {"stream_grams": {k: v.cpu() for k, v in self.stream_grams.items()}}

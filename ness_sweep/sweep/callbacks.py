@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 from ray import tune
 from ray.tune.experiment import Trial
 
 from .. import results
-from ..results import Status
+from ..results import Stage, Status
 from ..config import flatten, resolved
+from ..metrics import TEST, VALID, on_split
 from .columns import column_types
-from .plan import SweepPlan, trial_run_config
+from .plan import CONFIRMS, SweepPlan, trial_run_config
 
 
 TUNE_ENDED = (Trial.TERMINATED, Trial.ERROR)  # Tune's own states of a trial that will not run again
@@ -47,45 +48,51 @@ def short_params(params: Dict[str, Any]) -> str:
 class ProgressLines(tune.Callback):
     """One line per finished trial instead of Tune's status tables."""
 
-    def __init__(self, plan: SweepPlan, num_tasks: int, out: Callable[[str], None]):
+    def __init__(self, plan: SweepPlan, num_tasks: int, out: Callable[[str], None], total: Optional[int] = None):
         self.plan, self.num_tasks, self.out = plan, num_tasks, out
+        self.total = total or plan.total_trials  # the trials of this stage: the search's, or the confirmation's
 
     def _line(self, trials, trial, text: str) -> None:
         ended = {t.trial_id for t in trials if t.status in TUNE_ENDED} | {trial.trial_id}
-        width = len(str(self.plan.num_samples))
-        self.out(f"[{len(ended):>{width}}/{self.plan.num_samples}] {trial.trial_id}  {text}  "
-                 f"{short_params(trial.config)}")
+        width = len(str(self.total))
+        self.out(f"[{len(ended):>{width}}/{self.total}] {trial.trial_id}  {text}  {short_params(trial.config)}")
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         result = trial.last_result
         status = trial_status(result)
         if status == Status.TERMINATED:
-            scores = "  ".join(f"{m} {result[m]:6.2f}" for m in ("acc", "bwt"))
+            scores = "  ".join(f"{m} {result[m]:6.2f}" for m in dict.fromkeys([*self.plan.metrics, "acc", "bwt"]))
             self._line(trials, trial, f"done     {scores}  ({result['seconds']:.1f} s)")
         elif status == Status.DIVERGED:
             self._line(trials, trial, f"diverged at task {result.get('task', 0) + 1}/{self.num_tasks}")
         else:
+            signal = self.plan.signal
             self._line(trials, trial, f"stopped  after task {result.get('task')}/{self.num_tasks}: "
-                                      f"acc_seen {result.get('acc_seen', float('nan')):.2f}")
+                                      f"{signal} {result.get(signal, float('nan')):.2f}")
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self._line(trials, trial, f"error    {_error_line(trial)} (the whole error: the row's error column)")
 
 
 class ResultsTable(tune.Callback):
-    """Rewrites ``results.parquet`` whenever a trial ends, and once more at the end of the sweep."""
+    """Rewrites ``results.parquet`` whenever a trial ends, and once more at the end of the stage: this stage's
+    trials (the search's, or the confirmation's) after the other stage's rows as the table held them."""
 
-    def __init__(self, plan: SweepPlan):
-        self.plan = plan
+    def __init__(self, plan: SweepPlan, stage: str = Stage.SEARCH):
+        self.plan, self.stage = plan, stage
+        self.kept: Optional[List[Dict[str, Any]]] = None  # the other stage's rows, read before the first write
         self.columns = column_types(plan.run_settings(), plan.space, plan.run_schema())
         self.schema = results.make_schema(self.columns, {
             "sweep": plan.name,
             "space": plan.space.source,
             "metrics": plan.metrics,
             "modes": plan.modes,
+            "selected_on": TEST if plan.selected_on_test else VALID,
             "searched": list(plan.space.search),
             "config_columns": [name for name, _ in self.columns],
             "method_groups": plan.method_groups(),
+            "by_method": plan.by_method,
+            "confirm_seeds": plan.confirm_seeds if plan.cfg.sweep.confirm_top else [],
         })
         self.settings = plan.run_settings()
         self.statuses: Dict[str, str] = {}  # trial id -> how it ended, as seen here
@@ -97,7 +104,7 @@ class ResultsTable(tune.Callback):
             cfg = trial_run_config(self.settings, trial.config)
             config = flatten(resolved(cfg))
             self.configs[trial.trial_id] = {key: config.get(key) for key, _ in self.columns}  # other methods' groups: null
-            self.configs[trial.trial_id]["seeds"] = self.plan.trial_seeds(cfg)
+            self.configs[trial.trial_id]["seeds"] = self.plan.trial_seeds(cfg, trial.config)
         return self.configs[trial.trial_id]
 
     def note_ended_before(self, trials) -> None:
@@ -120,20 +127,33 @@ class ResultsTable(tune.Callback):
     def row(self, trial, running: bool) -> Dict[str, Any]:
         result = trial.last_result or {}
         status = self.status(trial, running)
-        row = {"trial_id": trial.trial_id, "status": status, "node_ip": result.get("node_ip"),
+        row = {"trial_id": trial.trial_id, "status": status, "stage": self.stage,
+               "confirms": trial.config.get(CONFIRMS), "node_ip": result.get("node_ip"),
                "node_id": result.get("node_id"), **self.config_cells(trial)}
         for name, _ in results.METRIC_COLUMNS:
             if name not in row:
                 row[name] = result.get(name)
-        row["acc_seen_per_task"] = [entry["acc_seen"] for entry in result.get("history", [])] or None
+        for split in (TEST, VALID):
+            seen = on_split("acc_seen", split)
+            row[f"{seen}_per_task"] = [entry[seen] for entry in result.get("history", [])] or None
         if status == Status.ERROR:
             row["error"] = _error_text(trial)
         return row
 
+    def kept_rows(self) -> List[Dict[str, Any]]:
+        """The other stage's rows, as the table held them when this stage first wrote: a resumed search keeps the
+        confirmation's rows, the confirmation keeps the search's."""
+        if self.kept is None:
+            folder = self.plan.folder
+            rows = results.read_table(self.plan.sweep_dir).to_pylist() if folder.exists(folder.TABLE) else []
+            self.kept = [row for row in rows if (row.get("stage") or Stage.SEARCH) != self.stage]
+        return self.kept
+
     def write(self, trials, running: bool = True) -> None:
         folder = self.plan.folder
-        results.write_table([self.row(t, running) for t in trials], self.schema, folder.filesystem,
-                            folder.path(folder.TABLE))
+        rows = [self.row(t, running) for t in trials]
+        ordered = self.kept_rows() + rows if self.stage == Stage.CONFIRM else rows + self.kept_rows()
+        results.write_table(ordered, self.schema, folder.filesystem, folder.path(folder.TABLE))
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self.statuses[trial.trial_id] = trial_status(trial.last_result)

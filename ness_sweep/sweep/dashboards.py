@@ -24,15 +24,18 @@ from ray import tune
 from .. import environment, results
 from ..results import Status
 from ..config import UserError, resolved
+from ..metrics import FINAL, TEST, VALID, on_split
+from ..selection import HEADLINE_METRICS, Confirmed, MethodLine, per_method, winner
 from .callbacks import trial_status
 from .plan import trial_run_config
 
 # The trial's final report, kept in its run summary (the *_std only come with several seeds).
-SUMMARY_KEYS = ("acc", "acc_std", "bwt", "bwt_std", "forgetting", "forgetting_std", "trainable_params", "seconds")
+SUMMARY_KEYS = (*(on_split(m, split) + std for split in (TEST, VALID) for m in FINAL for std in ("", "_std")),
+                "trainable_params", "seconds")
 # Per-task charts, all against the number of tasks finished.
-PER_TASK_KEYS = ("acc_seen", "acc_task/*", "diagnostics/*")
+PER_TASK_KEYS = ("acc_seen", "valid_acc_seen", "acc_task/*", "valid_acc_task/*", "diagnostics/*")
 # What the sweep-level table holds besides the config columns: enough for ACC-against-BWT views.
-TABLE_METRICS = ("acc", "bwt", "forgetting", "seconds")
+TABLE_METRICS = ("stage", "confirms", *FINAL, *(on_split(m, VALID) for m in FINAL), "seconds")
 SUMMARY_JOB_TYPE = "sweep-summary"
 HEATMAP_CELL = 44  # pixels
 HEATMAP_MARGIN = 56  # pixels left of and above the cells, for the labels
@@ -175,7 +178,7 @@ class WandbRuns(tune.Callback):
             return
         cfg = trial_run_config(self.plan.run_settings(), trial.config)
         config = resolved(cfg)
-        config["seeds"] = self.plan.trial_seeds(cfg)
+        config["seeds"] = self.plan.trial_seeds(cfg, trial.config)
         run = self._init(trial.trial_id, trial.trial_id, config)
         for key in PER_TASK_KEYS:
             run.define_metric(key, step_metric="task")
@@ -189,8 +192,11 @@ class WandbRuns(tune.Callback):
         for entry in result.get("history", []):
             if entry["task"] <= self.logged[trial.trial_id]:
                 continue
-            logged = {"task": entry["task"], "acc_seen": entry["acc_seen"]}
-            logged.update({f"acc_task/{j + 1}": acc for j, acc in enumerate(entry["acc_row"])})
+            logged = {"task": entry["task"]}
+            for split in (TEST, VALID):
+                logged[on_split("acc_seen", split)] = entry[on_split("acc_seen", split)]
+                logged.update({f"{on_split('acc_task', split)}/{j + 1}": acc
+                               for j, acc in enumerate(entry[on_split("acc_row", split)])})
             logged.update({f"diagnostics/{key}": value for key, value in entry["task_diagnostics"].items()})
             run.log(logged)
             self.logged[trial.trial_id] = entry["task"]
@@ -221,7 +227,8 @@ class WandbRuns(tune.Callback):
     def on_experiment_end(self, trials, **info):
         for trial in trials:
             self._finish(trial, Status.UNFINISHED)
-        self.remove_orphans({trial.trial_id for trial in trials})
+        recorded = results.read_table(self.plan.sweep_dir).column("trial_id").to_pylist()  # the other stage's too
+        self.remove_orphans({trial.trial_id for trial in trials} | set(recorded))
         self.log_results_table()
 
     def remove_orphans(self, trial_ids) -> None:
@@ -242,11 +249,45 @@ class WandbRuns(tune.Callback):
         meta = results.sweep_metadata(table)
         columns = ["trial_id", "status", *meta["config_columns"], *TABLE_METRICS]
         rows = [[row[c] for c in columns] for row in table.to_pylist()]
-        config = {key: meta[key] for key in ("space", "metrics", "modes", "searched")}
+        config = {key: meta[key] for key in ("space", "metrics", "modes", "searched", "selected_on")}
         run = self._init("summary", f"{self.plan.name}-summary", {**config, "trials": len(rows)},
                          job_type=SUMMARY_JOB_TYPE)
         wandb_table = self.wandb.Table(columns=columns, data=rows)
+        logged = {"results": wandb_table,
+                  "acc_vs_bwt": self.wandb.plot.scatter(wandb_table, "bwt", "acc", title="ACC against BWT")}
+        everything = table.to_pylist()
+        if meta.get("by_method"):
+            logged["methods"] = self.wandb.Table(columns=list(METHOD_COLUMNS), data=[
+                method_cells(line, meta["metrics"][0]) for line in per_method(everything, meta["metrics"], meta["modes"])])
         with artifacts_staged_in(self._wandb_dir):
-            run.log({"results": wandb_table,
-                     "acc_vs_bwt": self.wandb.plot.scatter(wandb_table, "bwt", "acc", title="ACC against BWT")})
+            run.log(logged)
+            run.summary.update(headline_summary(winner(everything, meta["metrics"], meta["modes"]), meta))
         run.finish()
+
+
+METHOD_COLUMNS = ("method", "trials", "valid_confirmed", "acc", "acc_std", "bwt", "bwt_std", "seconds_per_run",
+                  "trial_id")
+
+
+def method_cells(line: MethodLine, objective: str) -> List[Any]:
+    """One row of the summary run's per-method table: confirmed means and stds (None where nothing finished)."""
+    confirmed = line.confirmed
+    values = [confirmed.mean_std(m) if confirmed else None for m in (objective, "acc", "bwt")]
+    return [line.method, line.trials, values[0][0] if values[0] else None,
+            *(x for value in values[1:] for x in (value or (None, None))),
+            confirmed.seconds if confirmed else None, confirmed.row["trial_id"] if confirmed else None]
+
+
+def headline_summary(confirmed: Optional[Confirmed], meta: Dict[str, Any]) -> Dict[str, Any]:
+    """The sweep's headline in the summary run: the winner's confirmed test numbers (mean, std) beside the
+    search's, and whether the sweep selected on test."""
+    summary: Dict[str, Any] = {"selected_on": meta.get("selected_on")}
+    if confirmed is None:
+        return summary
+    summary.update(winner=confirmed.row["trial_id"], confirm_seeds=confirmed.seeds)
+    for metric in dict.fromkeys([meta["metrics"][0], *HEADLINE_METRICS]):
+        value = confirmed.mean_std(metric)
+        if value is not None:
+            summary[f"confirmed/{metric}"], summary[f"confirmed/{metric}_std"] = value
+        summary[f"search/{metric}"] = confirmed.row.get(metric)
+    return summary

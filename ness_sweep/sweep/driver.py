@@ -10,22 +10,25 @@ import pyarrow as pa
 from .. import environment
 from ..config import SweepConfig, arguments, parse_overrides
 from ..results import Status, SweepFolder
+from ..selection import Confirmed
 
 
 @dataclass
 class SweepResult:
-    """What a sweep leaves: its table, its folder, and its best trial (the first of a Pareto front)."""
+    """What a sweep leaves: its table, its folder, and its choice: the confirmed winner (``confirmed`` holds its
+    reruns on fresh seeds), or without a confirmation the best search trial (the first of a Pareto front)."""
 
     table: pa.Table
     folder: SweepFolder
     seconds: float
     concurrency: int
-    best: Optional[Dict[str, Any]]  # the best row of the table, None when no trial finished
+    best: Optional[Dict[str, Any]]  # the chosen search row, None when no trial finished
     best_config: Optional[Dict[str, Any]]  # the best trial's run settings (dotted keys), as best.yaml holds them
     best_yaml: Optional[str]  # where best.yaml was written
     unfinished: int  # trials neither finished nor stopped: resume=true continues them
     upload_hint: Optional[str]  # how to upload offline W&B runs
     report_html: Optional[str] = None  # where report.html was written; None when it could not be (one warning line)
+    confirmed: Optional[Confirmed] = None  # the winner's confirmation: its headline is confirmed.mean_std("acc")
 
     def to_pandas(self):
         return self.table.to_pandas()
@@ -38,7 +41,7 @@ def sweep(*args: str, out: Callable[[str], None] = print, **settings: Any) -> Op
     ``dry_run=true`` prints the resolved plan through ``out`` and returns None, starting and creating nothing."""
     argv = [*args, *arguments(settings)]
     environment.bind_ray_to_loopback(parse_overrides(argv).get("ray", {}).get("address"))
-    from ..report import row_settings, write_best_config, write_report_page
+    from ..report import chosen, row_settings, write_best_config, write_report_page
     from .plan import build_plan
 
     plan = build_plan(argv)
@@ -54,19 +57,12 @@ def sweep(*args: str, out: Callable[[str], None] = print, **settings: Any) -> Op
     outcome = run_sweep(plan, out)
     best_yaml = write_best_config(outcome.table, outcome.sweep_dir)
     report_html = write_report_page(outcome.sweep_dir, out)
-    best = _best(outcome.table)
+    best, confirmed = chosen(outcome.table)
     statuses = outcome.table.column("status").to_pylist()
-    return SweepResult(outcome.table, plan.folder, outcome.seconds, outcome.concurrency, best,
-                       row_settings(best, outcome.table) if best else None, best_yaml,
+    settings = row_settings(best, outcome.table, confirmed.seeds if confirmed else None) if best else None
+    return SweepResult(outcome.table, plan.folder, outcome.seconds, outcome.concurrency, best, settings, best_yaml,
                        sum(status not in Status.ENDED for status in statuses), sync_hint(plan.cfg, outcome.sweep_dir),
-                       report_html)
-
-
-def _best(table: pa.Table) -> Optional[Dict[str, Any]]:
-    from ..results import best_rows
-
-    rows = best_rows(table)
-    return rows[0] if rows else None
+                       report_html, confirmed)
 
 
 def resume_command(folder: SweepFolder) -> List[str]:

@@ -25,16 +25,15 @@ from omegaconf.errors import OmegaConfBaseException
 
 from .. import config, results
 from ..benchmarks import STREAM_KEYS, stream_settings
-from ..config import (RunConfig, SweepConfig, SweepSettings, UserError, first_line, flatten, joins_cluster,
+from ..config import (MAX_SEED, RunConfig, SweepConfig, SweepSettings, UserError, first_line, flatten, joins_cluster,
                       load_sweep_config, merge_onto, parse_overrides, resolved, schema_types, unflatten, validate_run,
                       validate_sweep, with_groups)
 from ..methods import check_run, method_class, method_groups, run_config
+from ..metrics import NATURAL_MODE, TEST, VALID, on_split
+from ..selection import fresh_seeds
 from .code import check_code, code_options
 from .columns import column_types
 from .space import SearchSpace, known_spaces, load_space, space_from_record
-
-
-NATURAL_MODE = {"acc": "max", "bwt": "max", "forgetting": "min"}  # the sweep's possible objectives
 
 
 DEFAULT_NUM_SAMPLES = 10
@@ -43,6 +42,9 @@ DEFAULT_NUM_SAMPLES = 10
 # Keys a resume may change: where and how fast the sweep runs, never what a trial trains.
 RESUME_MAY_CHANGE = ("resume", "output_dir", "sweep.name", "sweep.max_concurrent", "ray.address", "wandb.mode",
                      "trial.max_failures", "dry_run")
+
+
+CONFIRMS = "confirms"  # in a confirmation trial's Tune config: the search row it reruns (the table's column of that name)
 
 
 MAX_STREAMS = 16  # distinct task streams a sweep may hold in Ray's object store (searched stream-shaping keys)
@@ -62,6 +64,57 @@ class SweepPlan:
     name: str
     device: str  # what trials train on: cpu, cuda, cuda:N
     command_line: List[str] = dataclasses.field(default_factory=list)  # as the sweep was started
+
+    @property
+    def by_method(self) -> bool:
+        """The space searches ``method``: one study per method, ``num_samples`` trials each (``PerMethodSearch``)."""
+        return "method" in self.space.search
+
+    @property
+    def total_trials(self) -> int:
+        """Trials the search runs: ``num_samples``, for each method when it searches ``method``."""
+        return self.num_samples * (len(self.space.search["method"].values) if self.by_method else 1)
+
+    def trials_text(self) -> str:
+        """'16 trials', or for a sweep over methods '6 methods x 8 trials (one study each)'."""
+        if not self.by_method:
+            return f"{self.num_samples} trials"
+        return f"{len(self.space.search['method'].values)} methods x {self.num_samples} trials (one study each)"
+
+    def confirmation_text(self) -> str:
+        """What the confirmation will rerun, in one line."""
+        top = self.cfg.sweep.confirm_top
+        if not top:
+            return ("confirmation: off (sweep.confirm_top=0): the best row's numbers are the search's own, the best "
+                    "of noisy draws")
+        per_method = " per method" if self.by_method else ""
+        return (f"confirmation: the best {top}{per_method} by {self.metrics[0]} rerun on fresh seeds "
+                f"{', '.join(map(str, self.confirm_seeds))}; the winner is the best confirmed {self.metrics[0]}")
+
+    def method_space(self, method: str) -> Dict[str, Any]:
+        """The searched keys one method's study proposes: the shared ones (``train.lr``, ...) and its own group's."""
+        groups = self.method_groups()
+        others = {group for name, group in groups.items() if group and name != method}
+        return {key: dist for key, dist in self.space.search.items()
+                if key != "method" and key.partition(".")[0] not in others}
+
+    @property
+    def confirm_seeds(self) -> List[int]:
+        """The seeds each confirmed configuration reruns on: after every seed the search could use (its seeds,
+        or the top of the searched seed's range), so none is shared with a search trial."""
+        used = self.seeds or [max(self.space.search["seed"].values)]
+        return fresh_seeds(used, self.cfg.sweep.confirm_seeds)
+
+    @property
+    def selected_on_test(self) -> bool:
+        """An objective is a test metric (``sweep.select_on_test=true``): every view of the results says so."""
+        return any(metric in NATURAL_MODE for metric in self.metrics)
+
+    @property
+    def signal(self) -> str:
+        """What ASHA compares after each task: the mean accuracy over the tasks seen so far, on the split the
+        sweep selects on."""
+        return on_split("acc_seen", TEST if self.selected_on_test else VALID)
 
     @property
     def folder(self) -> results.SweepFolder:
@@ -90,9 +143,10 @@ class SweepPlan:
         """Each method the trials may run, with its settings group (None: fine-tuning has none)."""
         return {name: method_class(name).group for name in code_options(self.cfg, self.space.search)["method"]}
 
-    def trial_seeds(self, cfg: DictConfig) -> List[int]:
-        """The seeds one trial runs: the sweep's, or the trial's own (sampled) seed."""
-        return list(self.seeds) if self.seeds else [int(cfg.seed)]
+    def trial_seeds(self, cfg: DictConfig, params: Optional[Dict[str, Any]] = None) -> List[int]:
+        """The seeds one trial runs: the sweep's, or the trial's own (sampled, or a confirmation's fresh) seed."""
+        confirming = params is not None and CONFIRMS in params
+        return list(self.seeds) if self.seeds and not confirming else [int(cfg.seed)]
 
     def record(self) -> Dict[str, Any]:
         """What ``plan.yaml`` holds: enough to continue exactly this plan (``resume_plan``)."""
@@ -174,7 +228,9 @@ def _complete_plan(cfg: DictConfig, space: SearchSpace, command_line: List[str])
             _checked(lambda: _validate_trial(merge_onto(schema, everything, unflatten({key: value}))),
                      f"{space.source}: search.{key}: {dist.kind} value {value!r}")
     metrics, modes = _objectives(cfg, given)
-    scheduler = cfg.sweep.scheduler or ("asha" if len(metrics) == 1 else "fifo")
+    # ASHA compares every trial at its rungs: in a sweep over methods it would stop one method's trials for
+    # another's early accuracy, and the methods' budgets would no longer be equal
+    scheduler = cfg.sweep.scheduler or ("asha" if len(metrics) == 1 and "method" not in searched else "fifo")
     listed = cfg.trial.seeds or cfg.seeds
     if "seed" in searched and listed:
         raise UserError(f"{space.source}: search.seed: the space searches the seed, so trial.seeds / seeds "
@@ -182,6 +238,14 @@ def _complete_plan(cfg: DictConfig, space: SearchSpace, command_line: List[str])
     seeds = None if "seed" in searched else list(listed or [cfg.seed])
     plan = SweepPlan(cfg, space, metrics, modes, scheduler, cfg.sweep.num_samples or DEFAULT_NUM_SAMPLES,
                      seeds, name=str(cfg.sweep.name or ""), device=_trial_device(cfg), command_line=command_line)
+    if plan.by_method:
+        for method in map(str, space.search["method"].values):
+            if not plan.method_space(method):
+                raise UserError(f"{space.source}: search.method: {method} would search nothing (each method searches "
+                                "its own settings and the shared keys such as train.lr); search train.lr too")
+    if cfg.sweep.confirm_top and plan.confirm_seeds[-1] > MAX_SEED:
+        raise UserError(f"sweep.confirm_seeds={cfg.sweep.confirm_seeds}: the confirmation's fresh seeds would pass "
+                        f"{MAX_SEED} (numpy's largest); search lower seeds or set sweep.confirm_top=0")
     column_types(plan.run_settings(), space, plan.run_schema())  # choice options of mixed types fail here, not at the end
     stream_variants(plan)  # searched stream-shaping keys: finitely many streams, or refused here
     check_code(cfg, searched)  # every benchmark, model and method a trial may name resolves
@@ -275,17 +339,28 @@ def _checked(check: Callable[[], Any], where: str) -> None:
 
 
 def _objectives(cfg: DictConfig, command_line: Dict[str, Any]) -> Tuple[List[str], List[str]]:
-    """Metrics and modes; a metric named on the command line brings its natural mode unless a mode is given too."""
-    metric = cfg.sweep.metric if cfg.sweep.metric is not None else "acc"
+    """Metrics and modes; a metric named on the command line brings its natural mode unless a mode is given too.
+    Validation metrics by default; a test metric only with ``sweep.select_on_test=true`` (DESIGN.md, the selection
+    protocol): the best of many noisy test numbers is an optimistic number."""
+    on_test = bool(cfg.sweep.select_on_test)
+    natural = {on_split(m, split): mode for split in (VALID, TEST) for m, mode in NATURAL_MODE.items()}
+    metric = cfg.sweep.metric if cfg.sweep.metric is not None else on_split("acc", TEST if on_test else VALID)
     metrics = [metric] if isinstance(metric, str) else list(metric)
     for m in metrics:
-        if m not in NATURAL_MODE:
-            raise UserError(f"sweep.metric={m}: must be one of {', '.join(NATURAL_MODE)} (or a list of them)")
+        if m in NATURAL_MODE and not on_test:
+            raise UserError(f"sweep.metric={m}: a test metric; selecting on the test set reports the best of noisy "
+                            f"draws, so it needs the opt-in sweep.select_on_test=true (or select on {on_split(m, VALID)})")
+        if m not in natural:
+            raise UserError(f"sweep.metric={m}: must be one of {', '.join(on_split(n, VALID) for n in NATURAL_MODE)} "
+                            f"(or a list of them; {', '.join(NATURAL_MODE)} with sweep.select_on_test=true)")
     if len(set(metrics)) != len(metrics) or not metrics:
         raise UserError(f"sweep.metric={metrics}: list each metric once")
+    if on_test and not any(m in NATURAL_MODE for m in metrics):
+        raise UserError(f"sweep.select_on_test=true: the objectives ({', '.join(metrics)}) are validation metrics; "
+                        "drop select_on_test, or name a test metric in sweep.metric")
     mode = cfg.sweep.mode
     if mode is None or ("sweep.metric" in command_line and "sweep.mode" not in command_line):
-        mode = [NATURAL_MODE[m] for m in metrics]
+        mode = [natural[m] for m in metrics]
     modes = [mode] * len(metrics) if isinstance(mode, str) else list(mode)
     if len(modes) != len(metrics) or any(m not in ("max", "min") for m in modes):
         raise UserError(f"sweep.mode={mode}: give max or min for each of {', '.join(metrics)}")
@@ -360,7 +435,7 @@ def check_cluster_reachable(cfg: DictConfig) -> None:
 def trial_run_config(settings: Dict[str, Any], params: Dict[str, Any]) -> DictConfig:
     """The run config of one trial: the sweep's settings with the sampled values, holding only the settings
     group of the trial's method (a sweep over methods holds each option's), validated."""
-    cfg = run_config(settings, unflatten(params))
+    cfg = run_config(settings, unflatten({key: value for key, value in params.items() if key != CONFIRMS}))
     _validate_trial(cfg)
     return cfg
 

@@ -85,10 +85,12 @@ def describe(plan: SweepPlan) -> str:
     width = max(len(key) for key in space.search)
     lines += [f"  {key.ljust(width)}  {distribution_text(dist)}" for key, dist in space.search.items()]
     objectives = ", ".join(f"{m} ({mode})" for m, mode in zip(plan.metrics, plan.modes))
-    lines.append(f"trials: {plan.num_samples}, proposed by Optuna's TPE (sweep.seed={cfg.sweep.seed}); "
-                 f"objectives {objectives}; scheduler {plan.scheduler}")
+    on_test = " (selected on test)" if plan.selected_on_test else ""
+    lines.append(f"trials: {plan.trials_text()}, proposed by Optuna's TPE (sweep.seed={cfg.sweep.seed}); "
+                 f"objectives {objectives}{on_test}; scheduler {plan.scheduler}")
     note = random_search_note(plan.num_samples)
     lines += [note] if note else []
+    lines.append(plan.confirmation_text())
     lines.append("seeds: the space searches seed" if plan.seeds is None else
                  f"seeds: every trial runs {argument_value(plan.seeds)}"
                  + (" (rows hold mean ± std)" if len(plan.seeds) > 1 else ""))

@@ -152,13 +152,14 @@ class LiveProgress(tune.Callback):
     epoch line per running trial and the status line (from ``on_step_begin``: Tune steps every 0.1 s)."""
 
     def __init__(self, plan: SweepPlan, num_tasks: int, concurrency: int, out: Callable[[str], None],
-                 sender: Optional[EpochSender] = None):
+                 sender: Optional[EpochSender] = None, total: Optional[int] = None):
         self.plan, self.num_tasks, self.concurrency, self.out = plan, num_tasks, concurrency, out
+        self.total = total or plan.total_trials  # the trials of this stage: the search's, or the confirmation's
         self.board = sender.board if sender else None
         self.interval_s = plan.cfg.sweep.progress_s
         self.started = time.monotonic()
         self.next_tick = self.started + self.interval_s
-        self.margin = " " * (2 * len(str(plan.num_samples)) + 3)  # under ProgressLines' "[ n/N]"
+        self.margin = " " * (2 * len(str(self.total)) + 3)  # under ProgressLines' "[ n/N]"
 
     def __getstate__(self):
         """Tune pickles its callbacks into the experiment state: a resume brings a board of its own."""
@@ -171,8 +172,9 @@ class LiveProgress(tune.Callback):
         self._line(trial, f"started  {short_params(trial.config)}")
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        if result.get("acc_seen") is not None:  # a diverged trial's report has none: ProgressLines says so
-            self._line(trial, f"task {result['task']}/{self.num_tasks}  acc_seen {result['acc_seen']:.2f}  "
+        signal = self.plan.signal
+        if result.get(signal) is not None:  # a diverged trial's report has none: ProgressLines says so
+            self._line(trial, f"task {result['task']}/{self.num_tasks}  {signal} {result[signal]:.2f}  "
                               f"({result['seconds']:.1f} s)")
 
     def on_step_begin(self, iteration, trials, **info):
@@ -198,13 +200,13 @@ class LiveProgress(tune.Callback):
         ended = [t for t in trials if t.status in TUNE_ENDED]
         unended = [t for t in trials if t.status not in TUNE_ENDED]
         running = sum(t.status == Trial.RUNNING for t in trials)
-        not_created = max(0, self.plan.num_samples - len(trials))
+        not_created = max(0, self.total - len(trials))
         reports = [(_tasks_done(t), t.last_result["seconds"]) for t in trials if (t.last_result or {}).get("seconds")]
         remaining = remaining_tasks([_tasks_done(t) for t in unended], not_created, self.num_tasks)
         eta = eta_seconds(seconds_per_task(reports), remaining, self.concurrency, len(unended) + not_created)
         best = [(metric, best_so_far(((t.trial_id, (t.last_result or {}).get(metric)) for t in trials), mode))
                 for metric, mode in zip(self.plan.metrics, self.plan.modes)]
-        return status_line(running, self.plan.num_samples - running - len(ended), len(ended), self.plan.num_samples,
+        return status_line(running, self.total - running - len(ended), len(ended), self.total,
                            best, now - self.started, eta)
 
 

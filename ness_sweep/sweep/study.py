@@ -8,11 +8,13 @@ storage: a restored searcher reopens this run's file (``SweepFolder.staged_local
 
 from __future__ import annotations
 
+import collections
 import pickle
 from typing import Any, Dict, List, Optional
 
 import optuna
 from optuna.trial import TrialState
+from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 TUNE_TRIAL_ID = "trial_id"  # user attribute of each study trial: the Tune trial (results.parquet's trial_id)
@@ -116,3 +118,58 @@ class FinalMetricsOptunaSearch(OptunaSearch):
         for optuna_id, trial in stored.items():
             if trial.state == TrialState.RUNNING and optuna_id not in known:
                 study.tell(trial.number, state=TrialState.FAIL)
+
+
+class PerMethodSearch(Searcher):
+    """A sweep over methods: one Optuna study per method (``SWEEP/METHOD`` in optuna.db), taking turns, so each
+    method gets ``per_method`` trials and a TPE that learns from its own trials only. One TPE over all methods
+    would give them unequal budgets (it favours the method that looks best early) and share one learning rate
+    model across methods whose good rates differ."""
+
+    def __init__(self, searchers: Dict[str, FinalMetricsOptunaSearch], per_method: int, metric, mode):
+        super().__init__(metric=metric, mode=mode)
+        self.searchers, self.per_method = searchers, per_method
+        self.method_of: Dict[str, str] = {}  # Tune trial id -> the method whose study proposed it
+        self._database: Optional[str] = None
+
+    @property
+    def database(self) -> Optional[str]:
+        return self._database
+
+    @database.setter
+    def database(self, path: Optional[str]) -> None:
+        """This run's copy of optuna.db, for every method's study."""
+        self._database = path
+        for searcher in self.searchers.values():
+            searcher.database = path
+
+    def suggest(self, trial_id: str) -> Optional[Dict]:
+        """The next method in turn (the one with the fewest trials, in the space's order) proposes."""
+        counts = collections.Counter(self.method_of.values())
+        waiting = [method for method in self.searchers if counts[method] < self.per_method]
+        if not waiting:
+            return Searcher.FINISHED
+        method = min(waiting, key=lambda m: counts[m])
+        params = self.searchers[method].suggest(trial_id)
+        if params is None:
+            return None
+        self.method_of[trial_id] = method
+        return {**params, "method": method}
+
+    def on_trial_result(self, trial_id: str, result: Dict[str, Any]) -> None:
+        if trial_id in self.method_of:
+            self.searchers[self.method_of[trial_id]].on_trial_result(trial_id, result)
+
+    def on_trial_complete(self, trial_id: str, result: Optional[Dict[str, Any]] = None, error: bool = False) -> None:
+        if trial_id in self.method_of:
+            self.searchers[self.method_of[trial_id]].on_trial_complete(trial_id, result, error)
+
+    def save(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "wb") as file:
+            pickle.dump({"searchers": self.searchers, "method_of": self.method_of}, file)
+
+    def restore(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "rb") as file:
+            state = pickle.load(file)
+        self.searchers, self.method_of = state["searchers"], state["method_of"]
+        self.database = self._database

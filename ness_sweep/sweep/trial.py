@@ -17,7 +17,7 @@ from ray import tune
 from ..benchmarks import check_stream, stream_settings
 from ..config import first_line
 from ..data import TaskStream
-from ..metrics import mean_std, seen_accuracy
+from ..metrics import FINAL, TEST, VALID, mean_std, on_split, seen_accuracy
 from ..methods import make_trainer
 from ..trainer import global_rng_state, set_global_rng_state
 from .plan import stream_key, trial_run_config
@@ -58,38 +58,46 @@ class SeedTrainer:
 
 
 def task_history(runs: List[SeedTrainer]) -> List[Dict[str, Any]]:
-    """Per finished task: acc_seen and the accuracy row (means over seeds), and the method's diagnostics of the
-    task (the first seed's).
+    """Per finished task: ``acc_seen`` and ``valid_acc_seen`` with their accuracy rows (means over seeds), and the
+    method's diagnostics of the task (the first seed's).
     Every report carries the whole history, so a run resumed elsewhere can be logged from task 1."""
     trainers = [run.trainer for run in runs]
     history = []
     for k in range(trainers[0].next_task):
-        rows = [t.rows[k] for t in trainers]
         entry: Dict[str, Any] = {"task": k + 1}
-        entry["acc_seen"], std = mean_std([seen_accuracy(row) for row in rows])
-        if len(rows) > 1:
-            entry["acc_seen_std"] = std
-        entry["acc_row"] = [mean_std(list(cells))[0] for cells in zip(*rows)]
+        for split, rows in ((TEST, [t.rows[k] for t in trainers]), (VALID, [t.valid_rows[k] for t in trainers])):
+            seen = on_split("acc_seen", split)
+            entry[seen], std = mean_std([seen_accuracy(row) for row in rows])
+            if len(rows) > 1:
+                entry[f"{seen}_std"] = std
+            entry[on_split("acc_row", split)] = [mean_std(list(cells))[0] for cells in zip(*rows)]
         entry["task_diagnostics"] = trainers[0].diagnostics[k]
         history.append(entry)
     return history
 
 
+def mean_matrix(matrices: List[List[List[Any]]]) -> List[List[Any]]:
+    """The cell-wise mean of the seeds' accuracy matrices (None above the diagonal stays None)."""
+    return [[None if cells[0] is None else sum(cells) / len(cells) for cells in zip(*rows)]
+            for rows in zip(*matrices)]
+
+
 def task_metrics(runs: List[SeedTrainer]) -> Dict[str, Any]:
-    """What a trial reports after a task: means over seeds (and std with several); everything at the end."""
+    """What a trial reports after a task: means over seeds (and std with several); everything at the end, on
+    the test and the validation splits."""
     history = task_history(runs)
     metrics: Dict[str, Any] = {**history[-1], "history": history,
                                "seconds": sum(run.trainer.seconds for run in runs)}
     if not runs[0].finished:
         return metrics
     finals = [run.trainer.result().to_dict() for run in runs]
-    for key in ("acc", "bwt", "forgetting"):
-        metrics[key], std = mean_std([f[key] for f in finals])
-        if len(runs) > 1:
-            metrics[f"{key}_std"] = std
-    matrices = [f["acc_matrix"] for f in finals]
-    metrics["acc_matrix"] = [[None if cells[0] is None else sum(cells) / len(cells) for cells in zip(*rows)]
-                             for rows in zip(*matrices)]
+    for split in (TEST, VALID):
+        for key in (on_split(metric, split) for metric in FINAL):
+            metrics[key], std = mean_std([f[key] for f in finals])
+            if len(runs) > 1:
+                metrics[f"{key}_std"] = std
+        matrix = on_split("acc_matrix", split)
+        metrics[matrix] = mean_matrix([f[matrix] for f in finals])
     metrics["diagnostics"] = finals[0]["diagnostics"]
     metrics["trainable_params"] = finals[0]["trainable_params"]
     return metrics

@@ -22,39 +22,51 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
 from .. import environment, results
 from ..environment import TUNE_SETTINGS
-from ..benchmarks import stream_for
+from ..benchmarks import stream_for, stream_settings
 from ..config import UserError, first_line, joins_cluster
 from ..data import TaskStream
 from . import dashboards
+from ..results import Stage
 from .callbacks import ProgressLines, ResultsTable
+from .confirm import CONFIRM_DIR, FixedConfigs, confirmation_configs, search_complete
 from .code import check_models_fit, shipped_modules
-from .plan import SweepPlan, machine_cpus, stream_variants, write_plan
+from .plan import SweepPlan, machine_cpus, stream_key, stream_variants, trial_run_config, write_plan
 from .preview import trials_at_once
 from .progress import EpochSender, LiveProgress, epoch_sender
-from .study import FinalMetricsOptunaSearch, sqlite_storage
+from .study import FinalMetricsOptunaSearch, PerMethodSearch, sqlite_storage
 from .trial import run_trial
 
 
-def make_searcher(plan: SweepPlan, database: Optional[str] = None) -> FinalMetricsOptunaSearch:
+def make_searcher(plan: SweepPlan, database: Optional[str] = None):
     """Optuna's TPE over the space, seeded by sweep.seed: the same command proposes the same configurations.
-    The study, named after the sweep, lives in the SQLite file ``database`` (``optuna.db``); None: in memory."""
+    The study, named after the sweep, lives in the SQLite file ``database`` (``optuna.db``); None: in memory.
+    A space searching ``method`` gets one study per method, ``SWEEP/METHOD`` (``PerMethodSearch``)."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     multi = len(plan.metrics) > 1
-    searcher = FinalMetricsOptunaSearch(
-        space={key: dist.to_optuna() for key, dist in plan.space.search.items()},
-        metric=plan.metrics if multi else plan.metrics[0],
-        mode=plan.modes if multi else plan.modes[0],
-        seed=plan.cfg.sweep.seed, study_name=plan.name,
-        storage=sqlite_storage(database) if database else None)
+    metric, mode = (plan.metrics, plan.modes) if multi else (plan.metrics[0], plan.modes[0])
+
+    def study(space: Dict[str, Any], name: str) -> FinalMetricsOptunaSearch:
+        searcher = FinalMetricsOptunaSearch(
+            space={key: dist.to_optuna() for key, dist in space.items()}, metric=metric, mode=mode,
+            seed=plan.cfg.sweep.seed, study_name=name, storage=sqlite_storage(database) if database else None)
+        searcher.database = database
+        return searcher
+
+    if not plan.by_method:
+        return study(plan.space.search, plan.name)
+    methods = [str(method) for method in plan.space.search["method"].values]
+    searcher = PerMethodSearch({m: study(plan.method_space(m), f"{plan.name}/{m}") for m in methods},
+                               plan.num_samples, metric, mode)
     searcher.database = database
     return searcher
 
 
 def make_scheduler(plan: SweepPlan, num_tasks: int):
-    """ASHA on the per-task ``acc_seen``; its first rung after the second task, the first the null space shapes."""
+    """ASHA on the per-task ``valid_acc_seen`` (``plan.signal``); its first rung after the second task, the first
+    the null space shapes."""
     if plan.scheduler == "fifo":
         return FIFOScheduler()
-    return ASHAScheduler(time_attr="task", metric="acc_seen", mode="max", max_t=num_tasks,
+    return ASHAScheduler(time_attr="task", metric=plan.signal, mode="max", max_t=num_tasks,
                          grace_period=min(2, num_tasks), reduction_factor=2)
 
 
@@ -122,7 +134,8 @@ class SweepOutcome:
 
 
 def run_sweep(plan: SweepPlan, out: Callable[[str], None] = print) -> SweepOutcome:
-    """Run the planned sweep; returns the results table as written to ``results.parquet``."""
+    """Run the planned sweep, the search and then its confirmation; returns the results table as written to
+    ``results.parquet``."""
     started = time.perf_counter()
     if plan.cfg.wandb.mode != "disabled":
         threading.Thread(target=_import_wandb, daemon=True).start()  # ~1 s, overlapping Ray's start
@@ -135,24 +148,87 @@ def run_sweep(plan: SweepPlan, out: Callable[[str], None] = print) -> SweepOutco
             folder.filesystem.create_dir(folder.path(), recursive=True)
             write_plan(plan)
         parallel = concurrency(plan)
-        out(f"sweep {plan.name}: {plan.num_samples} trials of {plan.space.source}, {parallel} at a time, "
-            f"{', '.join(f'{m} ({mode})' for m, mode in zip(plan.metrics, plan.modes))}, scheduler {plan.scheduler}, "
+        out(f"sweep {plan.name}: {plan.trials_text()} of {plan.space.source}, {parallel} at a time, "
+            f"selecting on {', '.join(f'{m} ({mode})' for m, mode in zip(plan.metrics, plan.modes))}"
+            f"{' (selected on test)' if plan.selected_on_test else ''}, scheduler {plan.scheduler}, "
             f"{_benchmarks(streams)} on {plan.device}; results in {plan.sweep_dir}")
         refs = {key: ray.put(stream) for key, stream in streams.items()}
         # W&B and SQLite write local files only: for a URI output_dir both are staged here and copied there
         with folder.staged_locally(folder.WANDB, fetch=False) as wandb_dir, \
                 folder.staged_locally(folder.OPTUNA, fetch=True) as study_file, _quiet_tune_errors(), \
                 environment.scoped(TUNE_SETTINGS), epoch_sender(plan) as sender:
-            callbacks = [ProgressLines(plan, num_tasks, out), LiveProgress(plan, num_tasks, parallel, out, sender),
-                         ResultsTable(plan), JsonLoggerCallback()]  # Tune's result.json: Ray's readers work
-            if plan.cfg.wandb.mode != "disabled":
-                callbacks.append(dashboards.WandbRuns(plan, os.path.dirname(wandb_dir)))  # W&B adds wandb/  # after ResultsTable: reads its table
-            _tuner(plan, refs, num_tasks, parallel, callbacks, study_file, sender).fit()
+            stage = StageRun(plan, num_tasks, parallel, out, sender, os.path.dirname(wandb_dir))
+            _tuner(plan, refs, num_tasks, parallel, stage.callbacks(Stage.SEARCH), study_file, sender).fit()
+            del refs
+            if plan.cfg.sweep.confirm_top:
+                _confirm(plan, stage)
     finally:
         if connected:
             ray.shutdown()
     table = results.read_table(plan.sweep_dir)
     return SweepOutcome(table, plan.sweep_dir, time.perf_counter() - started, parallel)
+
+
+@dataclass
+class StageRun:
+    """What both stages' Tune runs share: the trials' task count, concurrency, output, epoch board, W&B folder."""
+
+    plan: SweepPlan
+    num_tasks: int
+    parallel: int
+    out: Callable[[str], None]
+    sender: Optional[EpochSender]
+    wandb_dir: str
+
+    def callbacks(self, stage: str, total: Optional[int] = None) -> list:
+        plan = self.plan
+        callbacks = [ProgressLines(plan, self.num_tasks, self.out, total),
+                     LiveProgress(plan, self.num_tasks, self.parallel, self.out, self.sender, total),
+                     ResultsTable(plan, stage), JsonLoggerCallback()]  # Tune's result.json: Ray's readers work
+        if plan.cfg.wandb.mode != "disabled":
+            callbacks.append(dashboards.WandbRuns(plan, self.wandb_dir))  # after ResultsTable: reads its table
+        return callbacks
+
+
+def _confirm(plan: SweepPlan, stage: StageRun) -> None:
+    """Rerun the search's best configurations on fresh seeds, once the search has ended (a resume finishes an
+    unfinished confirmation and reruns no confirmed row: its Tune experiment continues)."""
+    table = results.read_table(plan.sweep_dir)
+    if not search_complete(plan, table):
+        return  # interrupted: the driver reports the unfinished trials, and resume=true continues
+    configs = confirmation_configs(plan, table)
+    if not configs:
+        stage.out("confirmation: no search trial finished every task; nothing to confirm")
+        return
+    variants: Dict[str, Any] = {}
+    for config in configs:
+        cfg = trial_run_config(plan.run_settings(), config)
+        variants.setdefault(stream_key(stream_settings(cfg, int(cfg.seed))), (cfg, int(cfg.seed)))
+    refs = {key: ray.put(stream_for(cfg, seed)) for key, (cfg, seed) in variants.items()}
+    per_method = " per method" if plan.by_method else ""
+    stage.out(f"confirmation: the best {plan.cfg.sweep.confirm_top}{per_method} by {plan.metrics[0]}, "
+              f"{len(configs) // len(plan.confirm_seeds)} configurations, each on fresh seeds "
+              f"{', '.join(map(str, plan.confirm_seeds))}: {len(configs)} trials")
+    folder, trial = plan.folder, plan.cfg.trial
+    trainable = tune.with_resources(
+        tune.with_parameters(run_trial, streams=refs, settings=plan.run_settings(), seeds=None, progress=stage.sender),
+        {"cpu": trial.cpu, "gpu": trial.gpu})
+    callbacks = stage.callbacks(Stage.CONFIRM, len(configs))
+    path = folder.path(CONFIRM_DIR)
+    if tune.Tuner.can_restore(path, storage_filesystem=folder.filesystem):
+        tuner = tune.Tuner.restore(path, trainable, resume_errored=True, storage_filesystem=folder.filesystem)
+        _replace_run_settings(tuner, callbacks, tune.FailureConfig(max_failures=trial.max_failures), stage.parallel)
+    else:
+        tuner = tune.Tuner(
+            trainable,
+            tune_config=tune.TuneConfig(search_alg=FixedConfigs(configs), num_samples=len(configs),
+                                        max_concurrent_trials=stage.parallel, reuse_actors=True,
+                                        trial_dirname_creator=_trial_dirname),
+            run_config=tune.RunConfig(
+                name=CONFIRM_DIR, storage_path=folder.path(), storage_filesystem=folder.filesystem, verbose=0,
+                callbacks=callbacks, failure_config=tune.FailureConfig(max_failures=trial.max_failures),
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=2)))
+    tuner.fit()
 
 
 def _benchmarks(streams: Dict[str, TaskStream]) -> str:
@@ -189,24 +265,31 @@ def _tuner(plan: SweepPlan, streams: Dict[str, Any], num_tasks: int, parallel: i
     failures = tune.FailureConfig(max_failures=trial.max_failures)
     if plan.cfg.resume:
         tuner = tune.Tuner.restore(folder.path(), trainable, resume_errored=True, storage_filesystem=fs)
-        # Tune restores the callbacks and limits pickled when the sweep started; this run's own (a new W&B
-        # folder, the settings a resume may change) replace them.
-        internal = tuner._local_tuner
-        if internal is not None:
-            internal.get_run_config().callbacks = callbacks
-            internal.get_run_config().failure_config = failures
-            internal._tune_config.max_concurrent_trials = parallel
-            internal._tune_config.search_alg.database = study_file  # this run's copy of optuna.db
+        search = _replace_run_settings(tuner, callbacks, failures, parallel)
+        if search is not None:
+            search.database = study_file  # this run's copy of optuna.db
         return tuner
     return tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(search_alg=make_searcher(plan, study_file),
                                     scheduler=make_scheduler(plan, num_tasks),
-                                    num_samples=plan.num_samples, max_concurrent_trials=parallel, reuse_actors=True,
+                                    num_samples=plan.total_trials, max_concurrent_trials=parallel, reuse_actors=True,
                                     trial_dirname_creator=_trial_dirname),
         run_config=tune.RunConfig(
             name=plan.name, storage_path=root, storage_filesystem=fs, verbose=0, callbacks=callbacks,
             failure_config=failures, checkpoint_config=tune.CheckpointConfig(num_to_keep=2)))
+
+
+def _replace_run_settings(tuner: tune.Tuner, callbacks, failures: tune.FailureConfig, parallel: int):
+    """Tune restores the callbacks and limits pickled when the experiment started; this run's own (a new W&B
+    folder, the settings a resume may change) replace them. Returns the restored search algorithm."""
+    internal = tuner._local_tuner
+    if internal is None:
+        return None
+    internal.get_run_config().callbacks = callbacks
+    internal.get_run_config().failure_config = failures
+    internal._tune_config.max_concurrent_trials = parallel
+    return internal._tune_config.search_alg
 
 
 def _trial_dirname(trial) -> str:

@@ -1,7 +1,7 @@
 """Trainer speed and memory, measured side by side in one run; prints tables for the README.
 
     python perf/trainer.py [--epochs 5] [--device auto] [--cases mlp,alexnet,cnn1d]
-                           [--sections epoch,subspaces,statistics,memory]
+                           [--sections epoch,subspaces,statistics,memory,evaluation]
 
 1. ``epoch``: epoch time of a task under every method against a fine-tuning task (same model, data and task;
    NESS's target ≤ 1.15×).
@@ -13,6 +13,8 @@
    every millisecond, minus the RSS at the start; on CUDA ``max_memory_allocated`` minus the allocated
    bytes at the start. (b) The whole process through a full 10-task run (one epoch per task), each mode
    in a fresh interpreter: peak RSS (VmHWM) and, on CUDA, ``max_memory_allocated``.
+5. ``evaluation``: one whole run with the evaluation after every task timed by split: what evaluating every seen
+   task's validation split, as well as its test split, adds to a run.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from ness_sweep.benchmarks.mnist1d import permuted_mnist1d
 from ness_sweep.config import RunConfig
 from ness_sweep.data import Task, TaskStream
 from ness_sweep.methods import METHODS, load_run_config, make_trainer
+from ness_sweep.metrics import TEST, VALID
 from ness_sweep.models import pick_device
 from ness_sweep.trainer import Trainer
 
@@ -346,7 +349,43 @@ def memory_section(cases: List[str], device: torch.device) -> None:
             replay_vs_stream_peaks(case, device)
 
 
-SECTIONS = ("epoch", "subspaces", "statistics", "memory")
+def evaluation_costs(name: str, stream: TaskStream, overrides: List[str], epochs: int, device: torch.device) -> None:
+    """One whole NESS run, with every evaluation after a task timed by split: what evaluating the validation
+    splits as well as the test splits adds to a run."""
+    cfg = load_run_config(["method=ness", f"train.epochs={epochs}", *overrides])
+    trainer = make_trainer(cfg, stream, device=device, log=None)
+    spent = {TEST: 0.0, VALID: 0.0}
+    evaluate = trainer.accuracy
+
+    def timed_accuracy(task, t, split=TEST):
+        sync(device)
+        start = time.perf_counter()
+        value = evaluate(task, t, split)
+        sync(device)
+        spent[split] += time.perf_counter() - start
+        return value
+
+    trainer.accuracy = timed_accuracy
+    total = timed(trainer.run, device)
+    print(f"| {name} | {device.type} | {len(stream.tasks)} | {total:.2f} | {spent[TEST]:.3f} | {spent[VALID]:.3f} "
+          f"| {100 * spent[VALID] / total:.1f}% |")
+
+
+def evaluation_section(cases: List[str], digits: TaskStream, epochs: int, device: torch.device) -> None:
+    print(f"\n## Evaluation after every task: test and validation splits ({epochs} epochs per task, NESS, one run)")
+    print("| case | device | tasks | run s | test evaluation s | validation evaluation s | validation share of the run |")
+    print("|---|---|---|---|---|---|---|")
+    if "mlp" in cases:
+        evaluation_costs("MLP 64-256-256, permuted digits", digits, [], epochs, device)
+    if "alexnet" in cases:
+        evaluation_costs("AlexNet, 32x32x3 (2,500 images/task)", random_image_stream(3, 2500), CIFAR_OVERRIDES,
+                         epochs, device)
+    if "cnn1d" in cases:
+        evaluation_costs("CNN-1D, permuted MNIST-1D (3,600 signals/task)", mnist1d_stream(), ["model=cnn1d"],
+                         epochs, device)
+
+
+SECTIONS = ("epoch", "subspaces", "statistics", "memory", "evaluation")
 
 
 def main() -> None:
@@ -378,6 +417,8 @@ def main() -> None:
         statistics_section(cases, device)
     if "memory" in sections:
         memory_section(cases, device)
+    if "evaluation" in sections:
+        evaluation_section(cases, digits, args.epochs, device)
 
 
 if __name__ == "__main__":

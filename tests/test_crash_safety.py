@@ -201,3 +201,46 @@ def test_a_killed_driver_resumes_without_rerunning_finished_trials(tmp_path):
     for run_dir in runs:
         if not run_dir.name.endswith(dashboards.run_id("crash", "summary")):
             assert wandb_history(run_dir) == [1, 2, 3, 4, 5], run_dir.name
+
+
+def test_a_driver_killed_during_the_confirmation_resumes_it_without_rerunning_a_confirmed_row(tmp_path):
+    """Kill the driver once a rerun has finished and before the last has: the resume finishes the confirmation,
+    keeps the search's rows and the finished reruns exactly (training again would add to their seconds), and
+    runs each fresh seed once."""
+    space = tmp_path / "confirm.yaml"
+    space.write_text("search: {train.lr: {loguniform: [0.01, 0.1]}}\n"
+                     "fixed: {train.epochs: 10}\n"
+                     "sweep: {num_samples: 2, scheduler: fifo, max_concurrent: 1, confirm_top: 1, confirm_seeds: 3}\n")
+    results_file = tmp_path / "confirming" / "results.parquet"
+    args = [f"space={space}", "sweep.name=confirming", f"output_dir={tmp_path}", "wandb.mode=disabled"]
+    marked = {**environment(), "NESS_SWEEP_TEST_RUN": str(tmp_path)}
+    process = subprocess.Popen(sweep_command(*args), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               env=marked, start_new_session=True)
+
+    def rows():
+        return pq.read_table(results_file).to_pylist() if results_file.exists() else []
+
+    def reruns_done():
+        return [r for r in rows() if r["stage"] == "confirm" and r["status"] == "TERMINATED"]
+
+    try:
+        wait_for(lambda: reruns_done(), process)
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    deadline = time.monotonic() + 60
+    while processes_carrying("NESS_SWEEP_TEST_RUN", str(tmp_path)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    before = {r["trial_id"]: (r["stage"], r["acc"], r["seconds"]) for r in rows() if r["status"] == "TERMINATED"}
+    assert 1 <= sum(stage == "confirm" for stage, _, _ in before.values()) < 3
+
+    resumed = subprocess.run(sweep_command("sweep.name=confirming", f"output_dir={tmp_path}", "resume=true"),
+                             capture_output=True, text=True, env=environment(), timeout=300)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    after = rows()
+    assert {t: v for t, v in ((r["trial_id"], (r["stage"], r["acc"], r["seconds"])) for r in after) if t in before} == before
+    search = [r for r in after if r["stage"] == "search"]
+    reruns = [r for r in after if r["stage"] == "confirm"]
+    assert len(search) == 2 and sorted(r["seeds"][0] for r in reruns) == [1, 2, 3]
+    assert {r["status"] for r in after} == {"TERMINATED"} and len({r["confirms"] for r in reruns}) == 1
+    assert any(line.startswith("winner by confirmed valid_acc: ") for line in resumed.stdout.splitlines())

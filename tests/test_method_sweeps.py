@@ -27,8 +27,8 @@ def run_command(args):
 
 def test_a_sweep_over_the_baselines_trains_each_with_its_own_settings_and_diagnostics(ray_session, tmp_path):
     """One sweep searching ``method`` over the four baselines (not over the default method, whose group the
-    sweep must then not hold); sweep.seed=9 makes Optuna's first four proposals one of each (asserted)."""
-    space = write_space(tmp_path, "search:\n  method: {choice: [gpm, sgp, ewc, lwf]}\n"
+    sweep must then not hold): one study per method, one trial each."""
+    space = write_space(tmp_path, "search:\n  method: {choice: [gpm, sgp, ewc, lwf]}\n  train.lr: {choice: [0.05]}\n"
                                   "fixed:\n  train.epochs: 1\n  benchmark: split_digits\n")
     code, lines = run_command([f"space={space}", "sweep.num_samples=1", "sweep.confirm_top=0",
                                "sweep.name=s", f"output_dir={tmp_path / 'out'}"])
@@ -80,7 +80,7 @@ def test_another_methods_key_on_the_sweep_command_line_is_refused(tmp_path):
 
 
 def test_a_sweep_over_methods_holds_each_group_and_gives_each_trial_its_own(tmp_path):
-    space = write_space(tmp_path, "search:\n  method: {choice: [ness, gpm, finetune]}\n"
+    space = write_space(tmp_path, "search:\n  method: {choice: [ness, gpm, finetune]}\n  train.lr: {choice: [0.05]}\n"
                                   "  gpm.threshold: {uniform: [0.9, 0.99]}\n  ness.threshold: {loguniform: [0.001, 0.1]}\n")
     plan = planning.build_plan([f"space={space}", f"output_dir={tmp_path / 'out'}"])
     assert plan.method_groups() == {"ness": "ness", "gpm": "gpm", "finetune": None}
@@ -97,9 +97,18 @@ def test_a_sweep_over_methods_holds_each_group_and_gives_each_trial_its_own(tmp_
 
 def test_a_sweep_searching_only_other_methods_holds_only_their_groups(tmp_path):
     """Searching method=[gpm, ewc] leaves the default method (ness) out: no trial reads its group."""
-    space = write_space(tmp_path, "search:\n  method: {choice: [gpm, ewc]}\n  ewc.lambda: {loguniform: [1, 100]}\n")
+    space = write_space(tmp_path, "search:\n  method: {choice: [gpm, ewc]}\n  ewc.lambda: {loguniform: [1, 100]}\n"
+                                  "  gpm.threshold: {uniform: [0.9, 0.99]}\n")
     plan = planning.build_plan([f"space={space}", f"output_dir={tmp_path / 'out'}"])
     settings = plan.run_settings()
     assert {"gpm", "ewc"} <= set(settings) and "ness" not in settings
     with pytest.raises(UserError, match="^ness.rank: a setting of method=ness, and this run's method is gpm or ewc"):
         planning.build_plan([f"space={space}", "ness.rank=3", f"output_dir={tmp_path / 'out'}"])
+
+
+def test_a_method_with_nothing_of_its_own_to_search_is_refused(tmp_path):
+    """One study per method: a method whose study has no key would run its defaults sweep.num_samples times."""
+    space = write_space(tmp_path, "search:\n  method: {choice: [gpm, finetune]}\n  gpm.threshold: {uniform: [0.9, 0.99]}\n")
+    with pytest.raises(UserError, match="search.method: finetune would search nothing"):
+        planning.build_plan([f"space={space}", f"output_dir={tmp_path / 'out'}"])
+    assert not (tmp_path / "out").exists()

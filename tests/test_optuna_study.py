@@ -93,8 +93,8 @@ def plan_for(tmp_path: Path, name: str = "unit"):
     return planning.build_plan(["space=smoke", f"sweep.name={name}", f"output_dir={tmp_path}"])
 
 
-def finish(searcher, trial_id: str, acc: float) -> None:
-    searcher.on_trial_complete(trial_id, {"acc": acc, "task": 5})
+def finish(searcher, trial_id: str, valid_acc: float) -> None:
+    searcher.on_trial_complete(trial_id, {"valid_acc": valid_acc, "task": 5})
 
 
 def test_the_sqlite_study_proposes_what_the_in_memory_one_did(tmp_path):

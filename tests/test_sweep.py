@@ -282,3 +282,37 @@ def test_resuming_a_finished_sweep_keeps_its_trials_and_reruns_no_confirmed_row(
     after = pq.read_table(six["dir"] / "results.parquet").to_pylist()
     assert {r["trial_id"]: (r["acc"], r["seconds"]) for r in after} == before  # training again would add seconds
     assert {r["status"] for r in after} == {"TERMINATED"}
+
+
+def winner_of(six):
+    """The confirmed search row with the best mean valid_acc over its reruns, and those reruns."""
+    reruns = {}
+    for rerun in six["reruns"]:
+        reruns.setdefault(rerun["confirms"], []).append(rerun)
+    winner = max(reruns, key=lambda t: statistics.fmean(r["valid_acc"] for r in reruns[t]))
+    return winner, reruns[winner]
+
+
+def test_the_wandb_summary_run_holds_the_confirmed_headline(six):
+    runs = [wandb_run(p) for p in sorted((six["dir"] / "wandb").glob("offline-run-*/run-*.wandb"))]
+    (summary,) = [found["summary"] for found in runs if found["name"] == "six-summary"]
+    winner, reruns = winner_of(six)
+    accs = [r["acc"] for r in reruns]
+    assert summary["winner"] == winner and summary["selection"] == "selected on validation"
+    assert (summary["confirmed/acc"], summary["confirmed/acc_std"]) == pytest.approx(
+        (statistics.fmean(accs), statistics.stdev(accs)))
+    assert summary["search/acc"] == next(r["acc"] for r in six["rows"] if r["trial_id"] == winner)
+
+
+def test_selecting_on_test_is_said_on_the_console_the_page_and_wandb(ray_session, tmp_path):
+    code, lines = run_command(["space=smoke", "sweep.num_samples=2", "sweep.scheduler=fifo", "train.epochs=1",
+                               "sweep.metric=acc", "sweep.select_on_test=true", "sweep.confirm_top=0",
+                               "sweep.name=on_test", f"output_dir={tmp_path}"])
+    assert code == 0, lines
+    assert "(selected on test)" in lines[0] and "best 2 by acc (max) (selected on test)" in lines
+    assert "<b>(selected on test)</b>" in (tmp_path / "on_test" / "report.html").read_text()
+    (summary,) = [wandb_run(p)["summary"] for p in (tmp_path / "on_test" / "wandb").glob("offline-run-*/run-*.wandb")
+                  if wandb_run(p)["name"] == "on_test-summary"]
+    assert summary["selection"] == "selected on test"
+    assert "# trial " in (tmp_path / "on_test" / "best.yaml").read_text().splitlines()[0]
+    assert "in the search (selected on test)" in (tmp_path / "on_test" / "best.yaml").read_text()

@@ -9,6 +9,7 @@ import torch
 
 from ness_sweep import ness
 from ness_sweep.benchmarks import stream_for
+from ness_sweep.data import Task, TaskStream
 from ness_sweep.methods import load_run_config
 from ness_sweep.metrics import seen_accuracy
 from ness_sweep.methods import make_trainer
@@ -109,3 +110,46 @@ def test_no_adapters_left_after_a_run():
     trainer = trainer_for("train.epochs=1")
     trainer.run()
     assert not any(isinstance(m, ness.NullSpaceAdapter) for m in trainer.model.modules())
+
+
+def test_every_seen_task_is_evaluated_on_its_validation_split_too():
+    """The validation rows, counted by hand on each task's validation split (the MLP has no batch statistics,
+    so one batch of the whole split gives what the trainer's batches give)."""
+    trainer = trainer_for("train.epochs=1", "benchmark=split_digits")
+    trainer.run(until=2)
+    assert [len(row) for row in trainer.valid_rows] == [1, 2]
+    trainer.model.eval()
+    for j, task in enumerate(trainer.stream.tasks[:2]):
+        with torch.no_grad():
+            predicted = trainer.model(task.inputs(task.x_valid), j).argmax(1)
+        assert trainer.valid_rows[-1][j] == 100.0 * (predicted == task.y_valid).sum().item() / len(task.y_valid)
+    assert trainer.valid_rows != trainer.rows
+    final = trainer.run().to_dict()
+    assert final["valid_acc"] == pytest.approx(seen_accuracy(trainer.valid_rows[-1]))
+    assert final["valid_acc_matrix"][0][1] is None and len(final["valid_acc_matrix"]) == 5
+
+
+def image_stream(samples: int = 40) -> TaskStream:
+    """One two-class task of random 3×32×32 images: enough for the AlexNet to build and train."""
+    generator = torch.Generator().manual_seed(0)
+
+    def split():
+        return torch.rand(samples, 3, 32, 32, generator=generator), torch.randint(0, 2, (samples,), generator=generator)
+
+    return TaskStream("images", [Task("t1", 2, *split(), *split(), *split())], (3, 32, 32), "alexnet")
+
+
+@pytest.mark.parametrize("model", ["alexnet", "mlp"])
+def test_accuracy_depends_on_the_evaluation_batch_size_only_with_batch_statistics(model):
+    """The AlexNet's batch norm normalises each evaluation batch by its own statistics: its accuracy changes with
+    train.eval_batch_size. The MLP's does not."""
+    cfg = load_run_config(["device=cpu", "train.epochs=1", "method=finetune", f"model={model}"])
+    stream = image_stream() if model == "alexnet" else stream_for(cfg, 0)
+    trainer = make_trainer(cfg, stream, log=None)
+    trainer.run(until=1)
+    task = trainer.stream.tasks[0]
+    accuracies = []
+    for size in (2, 8, len(task.y_test)):
+        trainer.cfg.train.eval_batch_size = size
+        accuracies.append(trainer.accuracy(task, 0))
+    assert (len(set(accuracies)) > 1) == (model == "alexnet"), accuracies

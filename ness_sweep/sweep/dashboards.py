@@ -281,7 +281,9 @@ def method_cells(line: MethodLine, objective: str) -> List[Any]:
 def headline_summary(confirmed: Optional[Confirmed], meta: Dict[str, Any]) -> Dict[str, Any]:
     """The sweep's headline in the summary run: the winner's confirmed test numbers (mean, std) beside the
     search's, and whether the sweep selected on test."""
-    summary: Dict[str, Any] = {"selected_on": meta.get("selected_on")}
+    on_test = meta.get("selected_on") == TEST
+    summary: Dict[str, Any] = {"selected_on": meta.get("selected_on"),
+                               "selection": "selected on test" if on_test else "selected on validation"}
     if confirmed is None:
         return summary
     summary.update(winner=confirmed.row["trial_id"], confirm_seeds=confirmed.seeds)

@@ -61,13 +61,19 @@ def make_searcher(plan: SweepPlan, database: Optional[str] = None):
     return searcher
 
 
+ASHA_GRACE_TASKS = 2  # ASHA's first rung: after the second task, the first that a method's protection shapes
+
+
+def asha_scheduler(signal: str, num_tasks: int, grace: int = ASHA_GRACE_TASKS) -> ASHAScheduler:
+    """ASHA on a per-task signal (``plan.signal``: ``valid_acc_seen``), rungs at ``grace`` tasks and doubling;
+    perf/asha.py replays sweeps through it to choose ``grace``."""
+    return ASHAScheduler(time_attr="task", metric=signal, mode="max", max_t=num_tasks,
+                         grace_period=min(grace, num_tasks), reduction_factor=2)
+
+
 def make_scheduler(plan: SweepPlan, num_tasks: int):
-    """ASHA on the per-task ``valid_acc_seen`` (``plan.signal``); its first rung after the second task, the first
-    the null space shapes."""
-    if plan.scheduler == "fifo":
-        return FIFOScheduler()
-    return ASHAScheduler(time_attr="task", metric=plan.signal, mode="max", max_t=num_tasks,
-                         grace_period=min(2, num_tasks), reduction_factor=2)
+    """fifo, or ASHA on the sweep's per-task signal."""
+    return FIFOScheduler() if plan.scheduler == "fifo" else asha_scheduler(plan.signal, num_tasks)
 
 
 def connect_ray(plan: SweepPlan, modules: Sequence[str] = ()) -> bool:

@@ -117,22 +117,19 @@ class MethodLine:
     """One method of a sweep over methods: its trials, its winner by validation, and that winner's confirmation."""
 
     method: str
-    trials: int
-    best: Optional[Row]  # its best search row by the objectives
-    confirmed: Optional[Confirmed]  # its confirmed winner
+    trials: int  # its search trials: the same number for every method
+    confirmed: Optional[Confirmed]  # its confirmed winner: the best confirmed mean of the objective
 
 
 def per_method(rows: Sequence[Row], metrics: Sequence[str], modes: Sequence[str]) -> List[MethodLine]:
-    """A sweep over methods, one line per method in the order the search first ran them, best confirmed first."""
+    """A sweep over methods, one line per method, the best confirmed first (methods without one last)."""
     search = stage_rows(rows, Stage.SEARCH)
     methods = list(dict.fromkeys(row["method"] for row in search))
-    ordered = best_first(rows, metrics, modes)
     found = confirmations(rows, metrics, modes)
     lines = []
     for method in methods:
-        best = next((row for row in ordered if row["method"] == method), None)
         confirmed = next((c for c in found if c.row["method"] == method and c.finished), None)
-        lines.append(MethodLine(method, sum(row["method"] == method for row in search), best, confirmed))
+        lines.append(MethodLine(method, sum(row["method"] == method for row in search), confirmed))
     sign = -1 if modes[0] == "max" else 1
 
     def order(line: MethodLine):

@@ -1,5 +1,6 @@
 """Crash safety with real kills: a trial process killed mid-stream, and a sweep driver killed outright."""
 
+import contextlib
 import json
 import os
 import shlex
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
+import ness_sweep
 from ness_sweep import report
 from ness_sweep.sweep import dashboards
 from test_optuna_study import assert_study_matches_table
@@ -104,6 +106,24 @@ def processes_carrying(name: str, value: str) -> list:
     return found
 
 
+def kill_the_sweep(process: subprocess.Popen, marker: str) -> None:
+    """Kill the driver, the local Ray it started, and every Ray worker of the run (a trial's worker is not in the
+    driver's process group: left alone it would notice the dead Ray only seconds later, and may write one more
+    checkpoint meanwhile), as a machine that loses power would; return once none of them remains."""
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        remaining = processes_carrying("NESS_SWEEP_TEST_RUN", marker)
+        if not remaining:
+            return
+        for pid in remaining:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.1)
+    raise AssertionError(f"processes of the killed sweep remain: {remaining}")
+
+
 def known_to_tune(sweep_dir: Path) -> dict:
     """Trial id -> tasks done, as Tune's newest experiment state records them (what a resume restores)."""
     states = sorted(sweep_dir.glob("experiment_state-*.json"))
@@ -156,13 +176,7 @@ def test_a_killed_driver_resumes_without_rerunning_finished_trials(tmp_path):
     try:
         wait_for(ready, process)
     finally:
-        os.killpg(process.pid, signal.SIGKILL)  # the driver and the local Ray it started
-        process.wait()
-    # A trial's worker is not in that process group: it notices the dead Ray a moment later, and may write
-    # one more checkpoint meanwhile. Wait until none of this sweep's processes remains.
-    deadline = time.monotonic() + 60
-    while processes_carrying("NESS_SWEEP_TEST_RUN", str(tmp_path)) and time.monotonic() < deadline:
-        time.sleep(0.1)
+        kill_the_sweep(process, str(tmp_path))
     before = {r["trial_id"]: r for r in finished_rows()}
     assert 2 <= len(before) < 5
     garbled = newest_checkpoint_of_an_unfinished_trial(sweep_dir, set(before))
@@ -188,13 +202,9 @@ def test_a_killed_driver_resumes_without_rerunning_finished_trials(tmp_path):
     assert f"{garbled.name} unreadable" in recovered["recovery"] and "continued from checkpoint_" in recovered["recovery"]
 
     table = pq.read_table(results_file)
-    for row in rows:  # every row, resumed or not, reruns to its numbers
+    for row in rows:  # every row, resumed or not, reruns to its numbers (its command's arguments, in this process)
         line = report.train_command(row, table)
-        output = tmp_path / f"{row['trial_id']}.json"
-        done = subprocess.run([sys.executable, *shlex.split(line)[1:], f"output={output}"], capture_output=True,
-                              text=True, env=environment())
-        assert done.returncode == 0, done.stderr
-        assert json.loads(output.read_text())["acc"] == row["acc"], line
+        assert ness_sweep.train(*shlex.split(line)[3:], out=None).acc == row["acc"], line
 
     runs = sorted((sweep_dir / "wandb").glob("offline-run-*"))
     assert len(runs) == len(rows) + 1  # one per trial, one summary: nothing left over from the killed driver
@@ -209,7 +219,7 @@ def test_a_driver_killed_during_the_confirmation_resumes_it_without_rerunning_a_
     runs each fresh seed once."""
     space = tmp_path / "confirm.yaml"
     space.write_text("search: {train.lr: {loguniform: [0.01, 0.1]}}\n"
-                     "fixed: {train.epochs: 10}\n"
+                     "fixed: {train.epochs: 5}\n"
                      "sweep: {num_samples: 2, scheduler: fifo, max_concurrent: 1, confirm_top: 1, confirm_seeds: 3}\n")
     results_file = tmp_path / "confirming" / "results.parquet"
     args = [f"space={space}", "sweep.name=confirming", f"output_dir={tmp_path}", "wandb.mode=disabled"]
@@ -226,11 +236,7 @@ def test_a_driver_killed_during_the_confirmation_resumes_it_without_rerunning_a_
     try:
         wait_for(lambda: reruns_done(), process)
     finally:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
-    deadline = time.monotonic() + 60
-    while processes_carrying("NESS_SWEEP_TEST_RUN", str(tmp_path)) and time.monotonic() < deadline:
-        time.sleep(0.1)
+        kill_the_sweep(process, str(tmp_path))
     before = {r["trial_id"]: (r["stage"], r["acc"], r["seconds"]) for r in rows() if r["status"] == "TERMINATED"}
     assert 1 <= sum(stage == "confirm" for stage, _, _ in before.values()) < 3
 

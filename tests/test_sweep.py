@@ -302,17 +302,3 @@ def test_the_wandb_summary_run_holds_the_confirmed_headline(six):
     assert (summary["confirmed/acc"], summary["confirmed/acc_std"]) == pytest.approx(
         (statistics.fmean(accs), statistics.stdev(accs)))
     assert summary["search/acc"] == next(r["acc"] for r in six["rows"] if r["trial_id"] == winner)
-
-
-def test_selecting_on_test_is_said_on_the_console_the_page_and_wandb(ray_session, tmp_path):
-    code, lines = run_command(["space=smoke", "sweep.num_samples=2", "sweep.scheduler=fifo", "train.epochs=1",
-                               "sweep.metric=acc", "sweep.select_on_test=true", "sweep.confirm_top=0",
-                               "sweep.name=on_test", f"output_dir={tmp_path}"])
-    assert code == 0, lines
-    assert "(selected on test)" in lines[0] and "best 2 by acc (max) (selected on test)" in lines
-    assert "<b>(selected on test)</b>" in (tmp_path / "on_test" / "report.html").read_text()
-    (summary,) = [wandb_run(p)["summary"] for p in (tmp_path / "on_test" / "wandb").glob("offline-run-*/run-*.wandb")
-                  if wandb_run(p)["name"] == "on_test-summary"]
-    assert summary["selection"] == "selected on test"
-    assert "# trial " in (tmp_path / "on_test" / "best.yaml").read_text().splitlines()[0]
-    assert "in the search (selected on test)" in (tmp_path / "on_test" / "best.yaml").read_text()

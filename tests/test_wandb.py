@@ -60,7 +60,8 @@ def swept(ray_session, tmp_path_factory):
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
         code = run.main(["space=smoke", "train.epochs=1", f"sweep.num_samples={TRIALS}", "sweep.scheduler=fifo",
-                         "sweep.confirm_top=0", "sweep.name=wb", f"output_dir={out}"])  # wandb.mode: offline by default
+                         "sweep.confirm_top=0", "sweep.metric=acc", "sweep.select_on_test=true",  # the opt-in, shown
+                         "sweep.name=wb", f"output_dir={out}"])  # wandb.mode: offline by default
     lines = printed.getvalue().splitlines()
     assert code == 0, lines
     sweep_dir = out / "wb"
@@ -144,3 +145,12 @@ def test_online_without_a_key_is_one_line_before_any_work(tmp_path, monkeypatch,
     error = capsys.readouterr().err.strip()
     assert error.startswith("error: wandb.mode=online: no W&B API key") and "\n" not in error
     assert not (tmp_path / "out").exists()
+
+
+def test_selecting_on_test_is_said_on_the_console_the_page_best_yaml_and_wandb(swept):
+    assert "(selected on test)" in swept["lines"][0]
+    assert f"best {TRIALS} by acc (max) (selected on test)" in swept["lines"]
+    assert "<b>(selected on test)</b>" in (swept["dir"] / "report.html").read_text()
+    assert "in the search (selected on test)" in (swept["dir"] / "best.yaml").read_text().splitlines()[0]
+    (found,) = [found for found in swept["runs"] if found["job_type"] == dashboards.SUMMARY_JOB_TYPE]
+    assert found["summary"]["selection"] == "selected on test"

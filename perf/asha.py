@@ -19,6 +19,7 @@ from types import SimpleNamespace
 from typing import Dict, List, Sequence
 
 import ness_sweep
+from ness_sweep.config import UserError
 from ness_sweep.sweep.tuner import asha_scheduler
 
 TOP = 3
@@ -52,11 +53,18 @@ def asha_stops(rows: Sequence[Dict], grace: int, signal: str) -> Dict[str, int]:
     return stopped
 
 
-def main(argv: Sequence[str]) -> None:
+def main(argv: Sequence[str]) -> int:
+    if any(a in ("-h", "--help", "help") for a in argv):
+        print(__doc__)
+        return 0
     options = dict(a.split("=", 1) for a in argv if a.startswith(("seeds=", "graces=", "space=")))
     extra = [a for a in argv if not a.startswith(("seeds=", "graces=", "space="))]
-    seeds = [int(s) for s in options.get("seeds", "0,1,2").split(",")]
-    graces = [int(g) for g in options.get("graces", "2,3,4").split(",")]
+    try:
+        seeds = [int(s) for s in options.get("seeds", "0,1,2").split(",")]
+        graces = [int(g) for g in options.get("graces", "2,3,4").split(",")]
+    except ValueError:
+        print("error: seeds= and graces= take comma-separated whole numbers (seeds=0,1,2 graces=2,3,4)", file=sys.stderr)
+        return 2
     space = options.get("space", "mnist1d")
     print(f"ASHA replayed on fifo sweeps of space={space}; seeds {seeds}; grace periods {graces}; "
           f"top {TOP} by the selection metric; {CONCURRENCY} trials at a time")
@@ -66,7 +74,12 @@ def main(argv: Sequence[str]) -> None:
         started = time.perf_counter()
         args = [f"space={space}", "sweep.scheduler=fifo", f"sweep.seed={seed}", "sweep.confirm_top=0",
                 "sweep.progress_s=0", *extra]
-        found = ness_sweep.sweep(*args, output_dir="perf_results", wandb={"mode": "disabled"}, out=lambda line: None)
+        try:
+            found = ness_sweep.sweep(*args, output_dir="perf_results", wandb={"mode": "disabled"},
+                                     out=lambda line: None)
+        except UserError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
         rows = [r for r in found.table.to_pylist() if r["status"] == "TERMINATED"]
         metric = "valid_acc"
         top = {r["trial_id"] for r in sorted(rows, key=lambda r: -r[metric])[:TOP]}
@@ -81,7 +94,8 @@ def main(argv: Sequence[str]) -> None:
             lines.append(f"{seed:>10}  {grace:>5}  {len(stopped):>3}/{len(rows):<3}  "
                          f"{len(top & set(stopped)):>16}/{TOP}  {100 * saved:>10.0f}%")
     print("\n".join(lines))
+    return 0
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    sys.exit(main(sys.argv[1:]))

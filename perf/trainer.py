@@ -302,19 +302,23 @@ def mnist1d_stream() -> TaskStream:
     return permuted_mnist1d(Path(RunConfig.data_root).expanduser(), 0, 0.1)
 
 
+def model_cases(cases: List[str], digits: TaskStream):
+    """(name, stream, overrides) of each chosen case, its stream made only when chosen."""
+    if "mlp" in cases:
+        yield "MLP 64-256-256, permuted digits", digits, []
+    if "alexnet" in cases:
+        yield "AlexNet, 32x32x3 (2,500 images/task)", random_image_stream(3, 2500), CIFAR_OVERRIDES
+    if "cnn1d" in cases:
+        yield "CNN-1D, permuted MNIST-1D (3,600 signals/task)", mnist1d_stream(), ["model=cnn1d"]
+
+
 def epoch_section(cases: List[str], digits: TaskStream, epochs: int, device: torch.device) -> None:
     print("\n## Epoch time: every method's task vs a fine-tuning task (task 2, median of timed epochs; "
           "NESS's target ≤ 1.15x)")
     print("| case | device | method | s/epoch | / fine-tune | samples/s | trainable params |")
     print("|---|---|---|---|---|---|---|")
-    if "mlp" in cases:
-        methods_vs_finetune("MLP 64-256-256, permuted digits", digits, [], epochs, device)
-    if "alexnet" in cases:
-        methods_vs_finetune("AlexNet, 32x32x3 (2,500 images/task)", random_image_stream(3, 2500), CIFAR_OVERRIDES,
-                            epochs, device)
-    if "cnn1d" in cases:
-        methods_vs_finetune("CNN-1D, permuted MNIST-1D (3,600 signals/task)", mnist1d_stream(), ["model=cnn1d"],
-                            epochs, device)
+    for name, stream, overrides in model_cases(cases, digits):
+        methods_vs_finetune(name, stream, overrides, epochs, device)
 
 
 def subspaces_section(cases: List[str], digits: TaskStream, device: torch.device) -> None:
@@ -375,14 +379,8 @@ def evaluation_section(cases: List[str], digits: TaskStream, epochs: int, device
     print(f"\n## Evaluation after every task: test and validation splits ({epochs} epochs per task, NESS, one run)")
     print("| case | device | tasks | run s | test evaluation s | validation evaluation s | validation share of the run |")
     print("|---|---|---|---|---|---|---|")
-    if "mlp" in cases:
-        evaluation_costs("MLP 64-256-256, permuted digits", digits, [], epochs, device)
-    if "alexnet" in cases:
-        evaluation_costs("AlexNet, 32x32x3 (2,500 images/task)", random_image_stream(3, 2500), CIFAR_OVERRIDES,
-                         epochs, device)
-    if "cnn1d" in cases:
-        evaluation_costs("CNN-1D, permuted MNIST-1D (3,600 signals/task)", mnist1d_stream(), ["model=cnn1d"],
-                         epochs, device)
+    for name, stream, overrides in model_cases(cases, digits):
+        evaluation_costs(name, stream, overrides, epochs, device)
 
 
 SECTIONS = ("epoch", "subspaces", "statistics", "memory", "evaluation")

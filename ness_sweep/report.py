@@ -2,8 +2,11 @@
 and report.html, from its Parquet table alone.
 
 DIR is OUTPUT_DIR/SWEEP_NAME (or the results.parquet file itself), a local path or a URI. Prints what
-the sweep printed at its end: the best trials, or the Pareto front for several objectives, and the
-``python -m ness_sweep.train ...`` line that reruns the best configuration; then writes ``DIR/report.html``.
+the sweep printed at its end: the best search trials by the objective (validation numbers unless the sweep
+selected on test), or the Pareto front for several objectives; then the confirmation (each confirmed
+configuration's search and confirmed numbers, the per-method table of a sweep over methods, the winner's
+headline) and the ``python -m ness_sweep.train ...`` line that reruns the winner on its confirmation seeds (without
+a confirmation: the best configuration); then writes ``DIR/report.html``.
 Several DIRs are ranked together in one table with a ``sweep`` column (they must share their objectives;
 comparing writes no page). ``trial=ID`` prints the line that reruns any one row instead, looked up in every
 DIR given. Works while a sweep runs too.

@@ -75,7 +75,7 @@ def main(argv: Sequence[str]) -> int:
         args = [f"space={space}", "sweep.scheduler=fifo", f"sweep.seed={seed}", "sweep.confirm_top=0",
                 "sweep.progress_s=0", *extra]
         try:
-            found = ness_sweep.sweep(*args, output_dir="perf_results", wandb={"mode": "disabled"},
+            found = ness_sweep.sweep(*args, wandb={"mode": "disabled"},
                                      out=lambda line: None)
         except UserError as error:
             print(f"error: {error}", file=sys.stderr)

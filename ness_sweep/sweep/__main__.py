@@ -1,9 +1,9 @@
 """The sweep command: ``python -m ness_sweep.run space=NAME [key=value ...]`` (or ``python -m ness_sweep.sweep``).
 
-Runs a Ray Tune sweep over a search space (``search_spaces/NAME.yaml`` or a path to your own file),
-prints one line per finished trial, then the leaderboard with the ``python -m ness_sweep.train ...``
-line that reruns the best configuration, writes that configuration to ``best.yaml`` and the plots to
-``report.html``. ``dry_run=true`` prints the resolved plan instead, starting and creating nothing. Bad input
+Runs a Ray Tune sweep over a search space (``search_spaces/NAME.yaml`` or a path to your own file), chosen on
+validation data, then reruns its best configurations on fresh seeds (the confirmation); prints one line per
+finished trial, then the leaderboard, the confirmed winner's headline and the ``python -m ness_sweep.train ...``
+line that reruns it, writes that configuration to ``best.yaml`` and the plots to ``report.html``. ``dry_run=true`` prints the resolved plan instead, starting and creating nothing. Bad input
 exits with code 2 before anything is started or created.
 """
 
@@ -21,7 +21,8 @@ from .space import known_spaces
 
 USAGE = """usage: python -m ness_sweep.run space=NAME [key=value ...]
 
-Sweep NESS's hyperparameters with Ray Tune (Optuna search, ASHA early stopping, one W&B run per trial).
+Sweep NESS's hyperparameters with Ray Tune (Optuna search and ASHA early stopping on validation numbers, the best
+configurations confirmed on fresh seeds, one W&B run per trial).
 NAME is a shipped space ({spaces}) or a path to a space file.
 Results: OUTPUT_DIR/SWEEP_NAME/results.parquet, best.yaml and report.html; `python -m ness_sweep.report DIR`
 reprints them (several DIRs: one table comparing the sweeps).

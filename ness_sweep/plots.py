@@ -324,37 +324,20 @@ def build_sections(table: pa.Table, plan_record: Optional[Dict[str, Any]], study
 def selection_sections(rows: List[Dict[str, Any]], meta: Dict[str, Any]) -> List[Section]:
     """The confirmation (each confirmed configuration, search against confirmed) and, for a sweep over methods,
     the per-method table with confirmed ACC against BWT per method."""
-    from .report import metric_text
+    from .report import confirmation_table, method_table
 
     metrics, modes = meta["metrics"], meta["modes"]
-    found = selection.confirmations(rows, metrics, modes)
-    if not found:
+    if not selection.confirmations(rows, metrics, modes):
         return []
     objective = metrics[0]
-    shown = list(dict.fromkeys([objective, *selection.HEADLINE_METRICS]))
-
-    def confirmed_text(confirmed: Optional[selection.Confirmed], metric: str) -> str:
-        value = confirmed.mean_std(metric) if confirmed else None
-        return metric_text(*value) if value else "-"
-
-    header = ["trial", "method", *[f"{m} {stage}" for m in shown for stage in ("search", "confirmed")],
-              "seeds", "runs finished"]
-    cells = [[c.row["trial_id"], str(c.row.get("method")),
-              *[text for m in shown for text in (metric_text(c.row.get(m)), confirmed_text(c, m))],
-              ", ".join(map(str, c.seeds)), f"{len(c.finished)}/{len(c.reruns)}"] for c in found]
     sections = [Section("confirmation", "Confirmation on fresh seeds",
                         f"The search's best configurations by {objective} rerun on seeds no search trial used; "
                         "the first row is the winner (the best confirmed validation mean). 'search' is the "
                         "trial's own number, 'confirmed' the mean ± std of its reruns: their difference is the "
-                        "selection's optimism.", table=(header, cells))]
+                        "selection's optimism.", table=confirmation_table(rows, meta))]
     if not meta.get("by_method"):
         return sections
     lines = selection.per_method(rows, metrics, modes)
-    header = ["method", "trials", f"{objective} confirmed", "ACC confirmed", "BWT confirmed", "s/run", "trial"]
-    cells = [[str(line.method), str(line.trials), confirmed_text(line.confirmed, objective),
-              confirmed_text(line.confirmed, "acc"), confirmed_text(line.confirmed, "bwt"),
-              f"{line.confirmed.seconds:.1f}" if line.confirmed and line.confirmed.seconds else "-",
-              line.confirmed.row["trial_id"] if line.confirmed else "-"] for line in lines]
     figure = _figure("Methods: confirmed ACC against BWT", "BWT (%), confirmed", "ACC (%), confirmed")
     for line in lines:
         acc, bwt = (line.confirmed.mean_std(m) if line.confirmed else None for m in ("acc", "bwt"))
@@ -368,7 +351,7 @@ def selection_sections(rows: List[Dict[str, Any]], meta: Dict[str, Any]) -> List
                             f"trials, was chosen by {objective}, and its best configurations were rerun on fresh "
                             "seeds: confirmed test ACC and BWT, mean ± std (the bars) over those seeds.",
                             figure if figure.data else None, note="No method's confirmation finished.",
-                            table=(header, cells)))
+                            table=method_table(rows, metrics, modes)))
     return sections
 
 

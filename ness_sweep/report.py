@@ -221,40 +221,25 @@ def _confirmed_text(confirmed: Optional[Confirmed], metric: str) -> str:
     return metric_text(*value) if value else "-"
 
 
-def confirmation_lines(table: pa.Table) -> List[str]:
-    """The confirmation: each confirmed configuration's search and confirmed numbers, the winner (the best
-    confirmed validation mean) with its headline, the per-method table of a sweep over methods, and the command
-    rerunning the winner on its confirmation seeds."""
-    meta = sweep_metadata(table)
-    metrics, modes, rows = meta["metrics"], meta["modes"], table.to_pylist()
-    found = confirmations(rows, metrics, modes)
-    objective = metrics[0]
-    by_method = bool(meta.get("by_method"))
-    lines = [f"confirmed on fresh seeds: the search's best by {objective}{' per method' if by_method else ''}, rerun "
-             "(search: the trial's own numbers; confirmed: mean ± std over the reruns)"]
+def confirmation_table(rows: Sequence[Dict[str, Any]], meta: Dict[str, Any]) -> Tuple[List[str], List[List[str]]]:
+    """Header and text cells of each confirmed configuration, the winner first: its search and confirmed numbers
+    and how many reruns finished (the console's table and the page's)."""
+    objective, by_method = meta["metrics"][0], bool(meta.get("by_method"))
     shown = list(dict.fromkeys([objective, *HEADLINE_METRICS]))
     header = ["#", "trial_id", *(["method"] if by_method else []),
               *[f"{m} {stage}" for m in shown for stage in ("search", "confirmed")], "runs"]
     cells = [[str(i + 1), c.row["trial_id"], *([str(c.row["method"])] if by_method else []),
               *[text for m in shown for text in (metric_text(c.row.get(m)), _confirmed_text(c, m))],
-              f"{len(c.finished)}/{len(c.reruns)}"] for i, c in enumerate(found)]
-    lines += _aligned(header, cells)
-    if by_method:
-        lines += method_lines(rows, metrics, modes)
-    best = winner(rows, metrics, modes)
-    if best is None:
-        return lines + ["no confirmation run finished: no winner"]
-    lines.append(f"winner by confirmed {objective}{selected_on_test_note(table)}: {headline(best)}")
-    lines.append("rerun the winner on its confirmation seeds:")
-    lines.append(f"  {train_command(best.row, table, best.seeds)}")
-    return lines
+              f"{len(c.finished)}/{len(c.reruns)}"]
+             for i, c in enumerate(confirmations(rows, meta["metrics"], meta["modes"]))]
+    return header, cells
 
 
-def method_lines(rows: Sequence[Dict[str, Any]], metrics: Sequence[str], modes: Sequence[str]) -> List[str]:
-    """A sweep over methods, one line per method under one budget: its trials, its best configuration by
-    validation and that configuration's confirmed numbers."""
+def method_table(rows: Sequence[Dict[str, Any]], metrics: Sequence[str],
+                 modes: Sequence[str]) -> Tuple[List[str], List[List[str]]]:
+    """Header and text cells of a sweep over methods, one line per method under one budget: its trials, and its
+    confirmed winner's numbers (the console's table and the page's)."""
     objective = metrics[0]
-    lines = [f"methods compared (the same trials each; each its best by {objective}, confirmed on fresh seeds):"]
     header = ["method", "trials", f"{objective} confirmed", *(f"{m} confirmed" for m in HEADLINE_METRICS),
               "s/run", "trial_id"]
     cells = []
@@ -264,7 +249,30 @@ def method_lines(rows: Sequence[Dict[str, Any]], metrics: Sequence[str], modes: 
                       *(_confirmed_text(line.confirmed, m) for m in HEADLINE_METRICS),
                       "-" if seconds is None else f"{seconds:.1f}",
                       line.confirmed.row["trial_id"] if line.confirmed else "-"])
-    return lines + _aligned(header, cells)
+    return header, cells
+
+
+def confirmation_lines(table: pa.Table) -> List[str]:
+    """The confirmation: each confirmed configuration's search and confirmed numbers, the winner (the best
+    confirmed validation mean) with its headline, the per-method table of a sweep over methods, and the command
+    rerunning the winner on its confirmation seeds."""
+    meta = sweep_metadata(table)
+    metrics, modes, rows = meta["metrics"], meta["modes"], table.to_pylist()
+    objective = metrics[0]
+    lines = [f"confirmed on fresh seeds: the search's best by {objective}"
+             f"{' per method' if meta.get('by_method') else ''}, rerun "
+             "(search: the trial's own numbers; confirmed: mean ± std over the reruns)"]
+    lines += _aligned(*confirmation_table(rows, meta))
+    if meta.get("by_method"):
+        lines.append(f"methods compared (the same trials each; each its best by {objective}, confirmed on fresh seeds):")
+        lines += _aligned(*method_table(rows, metrics, modes))
+    best = winner(rows, metrics, modes)
+    if best is None:
+        return lines + ["no confirmation run finished: no winner"]
+    lines.append(f"winner by confirmed {objective}{selected_on_test_note(table)}: {headline(best)}")
+    lines.append("rerun the winner on its confirmation seeds:")
+    lines.append(f"  {train_command(best.row, table, best.seeds)}")
+    return lines
 
 
 def chosen(table: pa.Table) -> Tuple[Optional[Dict[str, Any]], Optional[Confirmed]]:

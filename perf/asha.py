@@ -36,7 +36,7 @@ def asha_stops(rows: Sequence[Dict], grace: int, signal: str) -> Dict[str, int]:
     slots = [0.0] * CONCURRENCY
     events: List = []
     for row in rows:
-        start = heapq.heappop(slots) if len(slots) >= CONCURRENCY else 0.0
+        start = heapq.heappop(slots)  # the first free of CONCURRENCY slots
         per_task = row["seconds"] / num_tasks
         trial = SimpleNamespace(trial_id=row["trial_id"])
         scheduler.on_trial_add(None, trial)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 import ness_sweep
-from ness_sweep import report
+from ness_sweep import report, results
 from ness_sweep.sweep import dashboards
 from test_optuna_study import assert_study_matches_table
 
@@ -28,6 +28,13 @@ def environment():
     would stay open in it)."""
     inherited = {key: value for key, value in os.environ.items() if key != "WANDB_SERVICE"}
     return {**inherited, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "WANDB_MODE": "offline"}
+
+
+def rows_while_running(results_file):
+    """The table as the running sweep last wrote it. Read through one open file: pyarrow's reader by path stats
+    the file and opens it again, and a rename between the two (the driver replaces the table atomically) makes
+    it read the new file with the old size."""
+    return results.read_table(str(results_file)).to_pylist() if results_file.exists() else []
 
 
 def wait_for(condition, process, timeout=120.0):
@@ -165,9 +172,7 @@ def test_a_killed_driver_resumes_without_rerunning_finished_trials(tmp_path):
                                env=marked, start_new_session=True)
 
     def finished_rows():
-        if not results_file.exists():
-            return []
-        return [r for r in pq.read_table(results_file).to_pylist() if r["status"] == "TERMINATED"]
+        return [r for r in rows_while_running(results_file) if r["status"] == "TERMINATED"]
 
     def ready():
         done = finished_rows()
@@ -227,23 +232,20 @@ def test_a_driver_killed_during_the_confirmation_resumes_it_without_rerunning_a_
     process = subprocess.Popen(sweep_command(*args), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                env=marked, start_new_session=True)
 
-    def rows():
-        return pq.read_table(results_file).to_pylist() if results_file.exists() else []
-
     def reruns_done():
-        return [r for r in rows() if r["stage"] == "confirm" and r["status"] == "TERMINATED"]
+        return [r for r in rows_while_running(results_file) if r["stage"] == "confirm" and r["status"] == "TERMINATED"]
 
     try:
         wait_for(lambda: reruns_done(), process)
     finally:
         kill_the_sweep(process, str(tmp_path))
-    before = {r["trial_id"]: (r["stage"], r["acc"], r["seconds"]) for r in rows() if r["status"] == "TERMINATED"}
+    before = {r["trial_id"]: (r["stage"], r["acc"], r["seconds"]) for r in rows_while_running(results_file) if r["status"] == "TERMINATED"}
     assert 1 <= sum(stage == "confirm" for stage, _, _ in before.values()) < 3
 
     resumed = subprocess.run(sweep_command("sweep.name=confirming", f"output_dir={tmp_path}", "resume=true"),
                              capture_output=True, text=True, env=environment(), timeout=300)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
-    after = rows()
+    after = results.read_table(str(results_file)).to_pylist()
     assert {t: v for t, v in ((r["trial_id"], (r["stage"], r["acc"], r["seconds"])) for r in after) if t in before} == before
     search = [r for r in after if r["stage"] == "search"]
     reruns = [r for r in after if r["stage"] == "confirm"]

@@ -1,6 +1,6 @@
 """Continual-learning metrics as pure functions of the accuracy matrix.
 
-R[i][j] is the accuracy (%) on task j after training task i (j ≤ i); entries above the diagonal
+``R[i][j]`` is the accuracy (%) on task j after training task i (j ≤ i); entries above the diagonal
 are ignored (they may be None). T = len(R). A run keeps two such matrices: on each task's test split and on
 its validation split (held out of its training data); a sweep selects on the second and reports the first.
 """
@@ -29,7 +29,7 @@ def final_metrics(R: Matrix, split: str = TEST) -> Dict[str, float]:
 
 
 def average_accuracy(R: Matrix) -> float:
-    """ACC = 1/T Σ_j R[T-1][j].
+    """``ACC = 1/T Σ_j R[T-1][j]``.
 
     Lopez-Paz & Ranzato, "Gradient Episodic Memory for Continual Learning", NeurIPS 2017.
     """
@@ -38,7 +38,7 @@ def average_accuracy(R: Matrix) -> float:
 
 
 def backward_transfer(R: Matrix) -> float:
-    """BWT = 1/(T-1) Σ_{j<T-1} (R[T-1][j] − R[j][j]); negative means forgetting, 0 for one task.
+    """``BWT = 1/(T-1) Σ_{j<T-1} (R[T-1][j] − R[j][j])``; negative means forgetting, 0 for one task.
 
     Lopez-Paz & Ranzato, "Gradient Episodic Memory for Continual Learning", NeurIPS 2017.
     """
@@ -49,7 +49,7 @@ def backward_transfer(R: Matrix) -> float:
 
 
 def forgetting(R: Matrix) -> float:
-    """F = 1/(T-1) Σ_{j<T-1} max_{i<T-1} (R[i][j] − R[T-1][j]), the drop from each task's best.
+    """``F = 1/(T-1) Σ_{j<T-1} max_{i<T-1} (R[i][j] − R[T-1][j])``, the drop from each task's best.
 
     Chaudhry, Dokania, Ajanthan, Torr, "Riemannian Walk for Incremental Learning", ECCV 2018.
     """

@@ -7,7 +7,7 @@ trials are then replayed through Ray Tune's own ASHAScheduler, as the sweep woul
 task taking the time it took), once per grace period: which trials ASHA would have stopped, how many of fifo's
 top 3 by the selection metric (valid_acc) among them, and the share of task-trainings it would have saved.
 Replaying the same trials removes the other source of difference between two real sweeps: a stopped trial
-changes what TPE proposes next. Prints one table; the README's "ASHA, checked" cites it.
+changes what TPE proposes next. Prints one table; docs/concepts/selection.md cites it.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """The six methods side by side on the embedded streams: each baseline's defaults chosen on validation data,
-then every method at its defaults on the test split over several seeds; prints tables for the README.
+then every method at its defaults on the test split over several seeds; prints tables for docs/concepts/methods.md.
 
     python perf/methods.py [--section compare] [--seeds 0,1,2] [--methods finetune,ness,gpm,sgp,ewc,lwf]
                            [--benchmarks permuted_digits,split_mnist1d] [--epochs N] [--threads 1] [--device cpu]

@@ -10,7 +10,7 @@ Runs, in one go and on the same configurations:
   3. the first sweep's configurations one after another in a plain loop of ``Trainer.run`` in this process;
   4. the same configurations split over two plain Python processes (no Ray, one thread each): the best
      that two concurrent trials can do on this machine.
-Prints a Markdown table for the README. Wall times count from the call (data loading, Ray start, Tune,
+Prints a Markdown table for docs/performance.md. Wall times count from the call (data loading, Ray start, Tune,
 the table; process start for the two plain processes). Framework overhead per trial is
 (sweep wall time - sum of trial compute / concurrency) / trials, with trial compute the trainer's own
 time inside each trial. W&B's cost per trial: the two sweeps' wall-time difference over the trials (end to

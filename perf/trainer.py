@@ -1,4 +1,4 @@
-"""Trainer speed and memory, measured side by side in one run; prints tables for the README.
+"""Trainer speed and memory, measured side by side in one run; prints tables for docs/performance.md.
 
     python perf/trainer.py [--epochs 5] [--device auto] [--cases mlp,alexnet,cnn1d]
                            [--sections epoch,subspaces,statistics,memory,evaluation]

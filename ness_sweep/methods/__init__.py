@@ -134,4 +134,4 @@ def registered_names() -> str:
     """The shipped benchmarks, models and methods, for ``--help``: the registries themselves, never a copy."""
     return (f"benchmarks: {', '.join(BENCHMARKS)}\nmodels: {', '.join(MODELS)}\nmethods: {', '.join(METHODS)}\n"
             "(benchmark= and model= also take an import path module:function, method= one to module:Class: "
-            "see the README)")
+            "see docs/extending.md)")

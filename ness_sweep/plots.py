@@ -1,32 +1,22 @@
-"""The sweep's report page: plots of its Parquet table and of its Optuna study, in one self-contained HTML file.
+"""The report page's sections: the leaderboard and the plots of a sweep's Parquet table and of its Optuna study.
 
-A long sweep is understood offline, often on a laptop without network and after the cluster is gone, so
-``DIR/report.html`` carries everything itself: plotly's JavaScript inlined once, no CDN, no stylesheet links.
-Every plot is built from ``results.parquet`` alone (plus ``plan.yaml`` for the axes' scales), except the
-parameter importances, which come from the sweep's Optuna study (``optuna.db``), the same numbers
+Every section is built from ``results.parquet`` alone (plus ``plan.yaml`` for the axes' scales and ranges),
+except the parameter importances, which come from the sweep's Optuna study (``optuna.db``), the same numbers
 ``optuna-dashboard`` and ``optuna.importance`` show. A plot that cannot be drawn yet (no finished trial, no
 study) leaves its section in place with a line saying why, so a page written mid-sweep still reads.
+``report_page`` lays the sections out as ``report.html``.
 """
 
 from __future__ import annotations
 
-import contextlib
-import html
 import math
-import os
-import shutil
-import sqlite3
-import tempfile
 from dataclasses import dataclass
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import plotly.graph_objects as go
-import plotly.io as pio
 import pyarrow as pa
-import pyarrow.fs as pafs
-from omegaconf import OmegaConf
 
-from . import results, selection
+from . import report, results, selection
 from .metrics import TEST, on_split
 from .results import Stage, Status, SweepFolder
 
@@ -34,17 +24,26 @@ STUDY_FILE = SweepFolder.OPTUNA
 FRONT_METRICS, FRONT_MODES = ("acc", "bwt"), ("max", "max")  # the trade-off every NESS sweep is judged on
 SCALES = {"loguniform": "log axis (sampled log-uniformly)", "uniform": "sampled uniformly", "int": "integers",
           "choice": "one category per choice"}
-STATUS_MEANING = {Status.TERMINATED: "finished", Status.STOPPED: "stopped early by the scheduler",
-                  Status.DIVERGED: "loss became NaN/inf", Status.ERROR: "failed"}
 STATUS_COLOUR = {Status.TERMINATED: "#1f77b4", Status.STOPPED: "#ff7f0e", Status.DIVERGED: "#d62728",
                  Status.ERROR: "#7f7f7f"}
 STATUS_SYMBOL = {Status.TERMINATED: "circle", Status.STOPPED: "x", Status.DIVERGED: "triangle-down",
                  Status.ERROR: "square"}
+OTHER_COLOUR, OTHER_SYMBOL = "#bcbd22", "diamond"  # a trial that has not ended (running, paused, unfinished)
+# Complete trials below which the importances carry a caution: a random forest over a few points fits noise.
+# Chosen, not measured: twice Optuna's 10 random start-up trials, the least a sweep that let TPE act has.
+MIN_IMPORTANCE_TRIALS = 20
+RANGED = ("loguniform", "uniform", "int")  # distributions with a [low, high] range: the axis spans it
+LEADERBOARD_ROWS = 20  # the page's leaderboard lists this many of the best trials (a Pareto front whole)
+
+
+class Command(str):
+    """A table cell holding a shell command: the page shows it as code that one click selects whole."""
 
 
 @dataclass
 class Section:
-    """One plot of the page: its figure, or ``note`` saying why there is none (the section stays visible)."""
+    """One section of the page: its table and figure, and ``note``: why there is no figure (the section stays
+    visible), or a caution about the one there is."""
 
     name: str
     title: str
@@ -67,6 +66,17 @@ def is_finished(row: Dict[str, Any]) -> bool:
 
 def finished_rows(rows: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
     return [r for r in rows if is_finished(r)]
+
+
+def ordered_statuses(rows: Sequence[Dict[str, Any]]) -> List[str]:
+    """The statuses of the rows, ended ones first in a fixed order (finished, stopped, ...), then the others."""
+    present = {row["status"] for row in rows}
+    return [s for s in Status.ENDED if s in present] + sorted(present - set(Status.ENDED))
+
+
+def status_name(status: str) -> str:
+    """'STOPPED (stopped early by the scheduler)': a status as a legend and the counts name it."""
+    return f"{status} ({report.STATUS_MEANING.get(status, 'not ended')})"
 
 
 def _label(value: Any) -> str:
@@ -124,31 +134,73 @@ def acc_bwt_section(rows: List[Dict[str, Any]], searched: Sequence[str]) -> Sect
     return Section("acc_bwt", title, caption, figure)
 
 
+def last_accuracy(row: Dict[str, Any]) -> Optional[float]:
+    """A trial's test accuracy over the tasks it saw at its last report: its final ACC when it finished (ACC is
+    the mean over every task after the last), the mean over the tasks it reached when it was stopped."""
+    value = row.get("acc") if is_finished(row) else row.get("acc_seen")
+    return value if _number(value) else None
+
+
+def log_ticks(low: float, high: float) -> List[float]:
+    """Tick values of a log axis from low to high: 1, 2 and 5 times each power of ten over up to 4 decades, the
+    powers alone over more (plotly's own log ticks label only some and print the others as bare digits)."""
+    first, last = math.floor(math.log10(low)), math.ceil(math.log10(high))
+    steps = (1, 2, 5) if last - first <= 4 else (1,)
+    ticks = [step * 10.0 ** power for power in range(first, last + 1) for step in steps]
+    inside = [tick for tick in ticks if low * (1 - 1e-9) <= tick <= high * (1 + 1e-9)]
+    return inside if len(inside) >= 2 else [low, high]
+
+
+def searched_range(figure: go.Figure, kind: str, values: List[Any]) -> None:
+    """The x axis over the whole range the search sampled (a little beyond, so points at its ends show)."""
+    low, high = values
+    if kind == "loguniform":
+        ticks = log_ticks(low, high)
+        margin = (math.log10(high) - math.log10(low)) * 0.03
+        figure.update_xaxes(type="log", range=[math.log10(low) - margin, math.log10(high) + margin],
+                            tickvals=ticks, ticktext=[f"{tick:g}" for tick in ticks])
+    else:
+        margin = (high - low) * 0.03 or 0.5
+        figure.update_xaxes(type="linear", range=[low - margin, high + margin])
+
+
 def acc_vs_key_section(rows: List[Dict[str, Any]], key: str, distribution: Optional[Tuple[str, List[Any]]],
                        searched: Sequence[str]) -> Section:
-    """ACC against one searched key, on the scale the search sampled it: log for loguniform, categories for
-    choice, so a good region looks as wide as the sampler saw it."""
+    """Accuracy against one searched key, every trial that reported a task (marked by how it ended), on the scale
+    and over the range the search sampled: log for loguniform, categories for choice, so a good region looks as
+    wide as the sampler saw it."""
     kind, values = distribution or ("unknown", [])
     title = f"ACC against {key}"
-    done = finished_rows(rows)
-    categorical = kind == "choice" or (kind == "unknown" and any(not _number(r.get(key)) for r in done))
+    shown = [r for r in rows if last_accuracy(r) is not None]
+    categorical = kind == "choice" or (kind == "unknown" and any(not _number(r.get(key)) for r in shown))
     if not categorical:
-        done = [r for r in done if _number(r.get(key))]
+        shown = [r for r in shown if _number(r.get(key))]
     scale = SCALES.get(kind, "plan.yaml does not give its distribution, so a linear axis")
-    caption = f"Final ACC of every finished trial against its {key}: {scale}."
+    unshown = len(rows) - len(shown)
+    caption = (f"Every trial against its {key}: {scale}" + (", over the searched range" if kind in RANGED else "")
+               + ". A finished trial at its final ACC; a trial that ended early (stopped, diverged) or is still "
+               "running at its mean accuracy over the tasks it reached, marked by how it ended"
+               + (f"; {unshown} trial(s) with no task reported are not shown." if unshown else "."))
     name = f"acc_vs_{key}"
-    if not done:
-        return Section(name, title, caption, note=f"No finished trial with a value of {key} yet.")
-    x = [_label(r.get(key)) for r in done] if categorical else [r[key] for r in done]
-    figure = _figure(title, key, "ACC (%)")
-    figure.add_trace(go.Scatter(x=x, y=[r["acc"] for r in done], mode="markers", name="finished trials",
-                                text=[_hover(r, searched) for r in done], marker={"size": 9, "opacity": 0.7},
-                                hovertemplate="%{text}<br>ACC %{y:.2f}<extra></extra>"))
+    if not shown:
+        return Section(name, title, caption, note=f"No trial with a value of {key} has reported a task yet.")
+    figure = _figure(title, key, "accuracy (%)")
+    for status in ordered_statuses(shown):
+        group = [r for r in shown if r["status"] == status]
+        x = [_label(r.get(key)) for r in group] if categorical else [r[key] for r in group]
+        figure.add_trace(go.Scatter(
+            x=x, y=[last_accuracy(r) for r in group], mode="markers", name=status_name(status),
+            text=[_hover(r, searched) for r in group], legendgroup=status,
+            marker={"size": 9, "opacity": 0.75, "color": STATUS_COLOUR.get(status, OTHER_COLOUR),
+                    "symbol": STATUS_SYMBOL.get(status, OTHER_SYMBOL)},
+            hovertemplate="%{text}<br>accuracy %{y:.2f}<extra></extra>"))
     if categorical:
-        order = [_label(v) for v in values] if kind == "choice" else sorted(set(x))
+        order = [_label(v) for v in values] if kind == "choice" else sorted({_label(r.get(key)) for r in shown})
         figure.update_xaxes(type="category", categoryorder="array", categoryarray=order)
+    elif kind in RANGED:
+        searched_range(figure, kind, values)
     else:
-        figure.update_xaxes(type="log" if kind == "loguniform" else "linear")
+        figure.update_xaxes(type="linear")
     return Section(name, title, caption, figure)
 
 
@@ -187,7 +239,8 @@ def importance_section(study: Any, metrics: Sequence[str], missing: str) -> Sect
 
     title = "Parameter importances"
     caption = (f"fANOVA importance of each searched key for {metrics[0]} (optuna.importance, seed 0, normalised "
-               f"to sum 1), from the complete trials of the sweep's Optuna study ({STUDY_FILE}).")
+               f"to sum 1), from the complete trials of the sweep's Optuna study ({STUDY_FILE}); stopped trials "
+               f"are not complete. Below {MIN_IMPORTANCE_TRIALS} complete trials the page adds a caution.")
     if study is None:
         return Section("importances", title, caption, note=missing)
     complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
@@ -202,11 +255,15 @@ def importance_section(study: Any, metrics: Sequence[str], missing: str) -> Sect
         return Section("importances", title, caption, note=f"Optuna cannot compute importances: {error}")
     if not importances:
         return Section("importances", title, caption, note="The study's trials share no parameter to rank.")
+    title = f"{title}, from {len(complete)} complete trials"
     figure = _figure(title, "searched key", f"importance for {metrics[0]}")
     names = [name.replace("/", ".") for name in importances]  # Ray names nested keys a/b
     figure.add_trace(go.Bar(x=names, y=list(importances.values()), name="importance",
                             hovertemplate="%{x}: %{y:.3f}<extra></extra>"))
-    return Section("importances", title, caption, figure)
+    caution = "" if len(complete) >= MIN_IMPORTANCE_TRIALS else (
+        f"Caution: only {len(complete)} complete trials (fewer than {MIN_IMPORTANCE_TRIALS}): fANOVA's forest fits "
+        "noise at this size, so read these as a rough hint, not a ranking.")
+    return Section("importances", title, caption, figure, note=caution)
 
 
 def acc_seen_section(rows: List[Dict[str, Any]], signal: str) -> Section:
@@ -222,19 +279,19 @@ def acc_seen_section(rows: List[Dict[str, Any]], signal: str) -> Section:
     figure = _figure(title, "tasks finished", f"{signal} (%)")
     for row in traced:
         status, values = row["status"], list(row[column])
-        colour = STATUS_COLOUR.get(status, "#bcbd22")
+        colour = STATUS_COLOUR.get(status, OTHER_COLOUR)
         figure.add_trace(go.Scatter(
             x=list(range(1, len(values) + 1)), y=values, mode="lines", name=f"trial {row['trial_id']}",
             legendgroup=status, showlegend=False, opacity=0.6, line={"color": colour},
             hovertemplate=f"trial {row['trial_id']} ({status})<br>task %{{x}}: %{{y:.2f}}<extra></extra>"))
-    for status in sorted({r["status"] for r in traced}):
+    for status in ordered_statuses(traced):
         ends = [r for r in traced if r["status"] == status]
         figure.add_trace(go.Scatter(
             x=[len(r[column]) for r in ends], y=[r[column][-1] for r in ends],
-            mode="markers", name=f"{status} ({STATUS_MEANING.get(status, 'not ended')})", legendgroup=status,
+            mode="markers", name=status_name(status), legendgroup=status,
             text=[f"trial {r['trial_id']}" for r in ends],
-            marker={"size": 10, "color": STATUS_COLOUR.get(status, "#bcbd22"),
-                    "symbol": STATUS_SYMBOL.get(status, "diamond")},
+            marker={"size": 10, "color": STATUS_COLOUR.get(status, OTHER_COLOUR),
+                    "symbol": STATUS_SYMBOL.get(status, OTHER_SYMBOL)},
             hovertemplate=f"%{{text}} ({status})<br>last report after task %{{x}}: %{{y:.2f}}<extra></extra>"))
     figure.update_xaxes(dtick=1)
     return Section("acc_seen", title, caption, figure)
@@ -248,14 +305,16 @@ def acc_matrix_section(best: Optional[Dict[str, Any]]) -> Section:
     """R[i][j] of the best trial: where forgetting happened (a column fading downwards) and which tasks were hard."""
     title = "Accuracy matrix of the best trial"
     caption = ("R[i][j]: test accuracy (%) on task j after training task i, for the best trial "
-               "(the leaderboard's first row); blank above the diagonal.")
+               "(the leaderboard's first row); blank above the diagonal. The colours span 0 to 100% in every "
+               "report, so two sweeps' matrices compare by eye.")
     if best is None or not best.get("acc_matrix"):
         return Section("acc_matrix", title, caption, note="No finished trial yet: no best trial.")
     matrix = [list(row) for row in best["acc_matrix"]]
     tasks = list(range(1, len(matrix) + 1))
     figure = _figure(f"{title} ({best['trial_id']})", "evaluated on task j", "after training task i",
                      _heatmap_height(len(matrix)))
-    figure.add_trace(go.Heatmap(z=matrix, x=tasks, y=tasks, colorscale="Viridis", texttemplate="%{text}",
+    figure.add_trace(go.Heatmap(z=matrix, x=tasks, y=tasks, colorscale="Viridis", zmin=0, zmax=100,
+                                texttemplate="%{text}",
                                 text=[["" if v is None else f"{v:.1f}" for v in row] for row in matrix],
                                 hovertemplate="after task %{y}, on task %{x}: %{z:.2f}%<extra></extra>",
                                 colorbar={"title": "acc %"}))
@@ -296,23 +355,42 @@ def diagnostics_section(best: Optional[Dict[str, Any]]) -> Section:
     return Section("diagnostics", f"{title} ({best['trial_id']})", caption, figure)
 
 
-# ---- the page ----------------------------------------------------------------------------------
+def leaderboard_section(table: pa.Table) -> Section:
+    """The best trials (``report.leaderboard_table``: the console's columns, mean ± std over a trial's seeds), each
+    with the command that reruns it, to copy."""
+    meta = results.sweep_metadata(table)
+    rows = report.search_rows([table], [meta["sweep"]])
+    best = report.best_search_rows(rows, meta["metrics"], meta["modes"])
+    multi = len(meta["metrics"]) > 1
+    shown = best if multi else best[:LEADERBOARD_ROWS]
+    objectives = ", ".join(f"{m} ({mode})" for m, mode in zip(meta["metrics"], meta["modes"]))
+    which = (f"The Pareto front over {objectives}: {len(shown)} trials" if multi
+             else f"The best {len(shown)} of {len(best)} finished trials by {objectives}")
+    caption = (f"{which}, the search's own numbers (mean ± std over a trial's seeds when it ran several). Each "
+               "rerun command trains the row's settings and gives its numbers; click it to select it whole.")
+    if not shown:
+        return Section("leaderboard", "Leaderboard", caption, note="No trial has finished yet.")
+    header, cells = report.leaderboard_table([table], shown)
+    commands = [Command(report.train_command(row, table)) for row in shown]
+    return Section("leaderboard", "Leaderboard", caption,
+                   table=([*header, "rerun command"], [[*line, command] for line, command in zip(cells, commands)]))
+
+
+# ---- the page's sections -----------------------------------------------------------------------
 
 def build_sections(table: pa.Table, plan_record: Optional[Dict[str, Any]], study: Any = None,
                    study_missing: str = f"No {STUDY_FILE} in the sweep folder.") -> List[Section]:
     """Every section of the page, in reading order; ``study_missing`` says why ``study`` is None."""
-    from .report import chosen  # the leaderboard's choice, one definition for the console and the page
-
     meta = results.sweep_metadata(table)
     everything = table.to_pylist()
     rows = results.stage_rows(everything, Stage.SEARCH)  # the search's trials; the confirmation has its sections
     searched = [key for key in meta["searched"] if key in table.column_names]
     kinds = distributions(plan_record)
-    best, _ = chosen(table)
+    best, _ = report.chosen(table)  # the leaderboard's choice, one definition for the console and the page
     if meta.get("by_method"):
         study, study_missing = None, ("One Optuna study per method (SWEEP/METHOD in optuna.db): their importances "
                                       "are in optuna-dashboard, one study at a time.")
-    return [*selection_sections(everything, meta),
+    return [leaderboard_section(table), *selection_sections(everything, meta),
             acc_bwt_section(rows, searched),
             *[acc_vs_key_section(rows, key, kinds.get(key), searched) for key in searched],
             history_section(rows, searched, meta["metrics"][0]),
@@ -324,8 +402,6 @@ def build_sections(table: pa.Table, plan_record: Optional[Dict[str, Any]], study
 def selection_sections(rows: List[Dict[str, Any]], meta: Dict[str, Any]) -> List[Section]:
     """The confirmation (each confirmed configuration, search against confirmed) and, for a sweep over methods,
     the per-method table with confirmed ACC against BWT per method."""
-    from .report import confirmation_table, method_table
-
     metrics, modes = meta["metrics"], meta["modes"]
     if not selection.confirmations(rows, metrics, modes):
         return []
@@ -334,7 +410,7 @@ def selection_sections(rows: List[Dict[str, Any]], meta: Dict[str, Any]) -> List
                         f"The search's best configurations by {objective} rerun on seeds no search trial used; "
                         "the first row is the winner (the best confirmed validation mean). 'search' is the "
                         "trial's own number, 'confirmed' the mean ± std of its reruns: their difference is the "
-                        "selection's optimism.", table=confirmation_table(rows, meta))]
+                        "selection's optimism.", table=report.confirmation_table(rows, meta))]
     if not meta.get("by_method"):
         return sections
     lines = selection.per_method(rows, metrics, modes)
@@ -350,8 +426,9 @@ def selection_sections(rows: List[Dict[str, Any]], meta: Dict[str, Any]) -> List
                             f"Each method searched its own settings and the learning rate with the same number of "
                             f"trials, was chosen by {objective}, and its best configurations were rerun on fresh "
                             "seeds: confirmed test ACC and BWT, mean ± std (the bars) over those seeds.",
-                            figure if figure.data else None, note="No method's confirmation finished.",
-                            table=method_table(rows, metrics, modes)))
+                            figure if figure.data else None,
+                            note="" if figure.data else "No method's confirmation finished.",
+                            table=report.method_table(rows, metrics, modes)))
     return sections
 
 
@@ -359,123 +436,3 @@ def build_figures(table: pa.Table, plan_record: Optional[Dict[str, Any]], study:
     """Section name -> plotly figure, for the plots that can be drawn (``acc_bwt``, ``acc_vs_<key>`` per
     searched key, ``history``, ``importances``, ``acc_seen``, ``acc_matrix``, ``diagnostics``)."""
     return {s.name: s.figure for s in build_sections(table, plan_record, study) if s.figure is not None}
-
-
-def status_counts(rows: Sequence[Dict[str, Any]]) -> str:
-    """'12 trials: 7 TERMINATED (finished), 4 STOPPED (...)': ended statuses first, in a fixed order."""
-    counts: Dict[str, int] = {}
-    for row in rows:
-        counts[row["status"]] = counts.get(row["status"], 0) + 1
-    order = [s for s in Status.ENDED if s in counts] + sorted(s for s in counts if s not in Status.ENDED)
-    parts = [f"{counts[s]} {s} ({STATUS_MEANING.get(s, 'not ended')})" for s in order]
-    return f"{len(rows)} trials" + (": " + ", ".join(parts) if parts else "")
-
-
-def render_html(table: pa.Table, sections: Sequence[Section]) -> str:
-    """One page: plotly.js inlined with the first figure only, every later figure refers to it."""
-    from .report import chosen, headline
-
-    meta = results.sweep_metadata(table)
-    everything = table.to_pylist()
-    rows = results.stage_rows(everything, Stage.SEARCH)
-    reruns = results.stage_rows(everything, Stage.CONFIRM)
-    objectives = ", ".join(f"{m} ({mode})" for m, mode in zip(meta["metrics"], meta["modes"]))
-    on_test = meta.get("selected_on") == TEST
-    head = [f"<h1>Sweep {html.escape(meta['sweep'])}</h1>",
-            f"<p>Space {html.escape(str(meta.get('space')))}; objectives {html.escape(objectives)}"
-            f"{' <b>(selected on test)</b>' if on_test else ' (on validation data)'}; searched: "
-            f"{html.escape(', '.join(meta['searched']) or 'nothing')}.</p>",
-            f"<p class='counts'>{html.escape(status_counts(rows))}"
-            f"{'; ' + str(len(reruns)) + ' confirmation runs' if reruns else ''}.</p>"]
-    if on_test:
-        head.append("<p class='note'>Selected on test: the best of many noisy test numbers is optimistic.</p>")
-    _, confirmed = chosen(table)
-    if confirmed is not None:
-        head.append(f"<p class='headline'><b>Headline</b>, confirmed on fresh seeds: {html.escape(headline(confirmed))}.</p>")
-    elif finished_rows(rows):
-        head.append("<p class='note'>Not confirmed on fresh seeds: the best row's numbers are the search's own, "
-                    "the best of noisy draws.</p>")
-    if not finished_rows(rows):
-        head.append("<p class='note'>No trial has finished yet: plots of final metrics are empty.</p>")
-    body, plotly_js = [], True
-    for section in sections:
-        parts = [f"<section id='{html.escape(section.name)}'><h2>{html.escape(section.title)}</h2>",
-                 f"<p class='caption'>{html.escape(section.caption)}</p>"]
-        if section.table is not None:
-            parts.append(_html_table(*section.table))
-        if section.figure is None and section.note:
-            parts.append(f"<p class='note'>{html.escape(section.note)}</p>")
-        if section.figure is not None:
-            height = section.figure.layout.height or 450
-            parts.append(pio.to_html(section.figure, include_plotlyjs=plotly_js, full_html=False,
-                                     default_height=f"{height}px", config={"displaylogo": False}))
-            plotly_js = False
-        body.append("\n".join(parts) + "</section>")
-    style = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:auto;padding:1em;color:#222}"
-             "section{margin-top:2em}.caption{color:#555}.note{color:#a33;font-style:italic}"
-             "table{border-collapse:collapse}td,th{padding:2px 8px;text-align:right;border-bottom:1px solid #ddd}")
-    return ("<!DOCTYPE html>\n<html><head><meta charset='utf-8'>"
-            f"<title>ness_sweep report: {html.escape(meta['sweep'])}</title><style>{style}</style></head>\n"
-            "<body>\n" + "\n".join(head + body) + "\n</body></html>\n")
-
-
-def _html_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    head = "".join(f"<th>{html.escape(cell)}</th>" for cell in header)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(cell)}</td>" for cell in row) + "</tr>" for row in rows)
-    return f"<table><tr>{head}</tr>{body}</table>"
-
-
-def read_plan(fs: pafs.FileSystem, root: str) -> Optional[Dict[str, Any]]:
-    """plan.yaml as a dict, or None when the sweep folder has none (axes then fall back to linear)."""
-    path = f"{root}/{SweepFolder.PLAN}"
-    if not results.exists(fs, path):
-        return None
-    with fs.open_input_stream(path) as stream:
-        return OmegaConf.to_container(OmegaConf.create(stream.read().decode()))
-
-
-@contextlib.contextmanager
-def opened_study(fs: pafs.FileSystem, root: str, name: str) -> Iterator[Tuple[Any, str]]:
-    """(study, '') from a private copy of optuna.db, or (None, why not). A copy: the report never writes to
-    the sweep's own database (opening it may), sees one consistent snapshot of a running sweep (SQLite's
-    backup for a local file), and works for a URI folder too."""
-    path = f"{root}/{STUDY_FILE}"
-    if not results.exists(fs, path):
-        yield None, f"No {STUDY_FILE} in the sweep folder: importances need the sweep's Optuna study."
-        return
-    import optuna
-
-    with tempfile.TemporaryDirectory(prefix="ness_sweep_report_") as scratch:
-        local = os.path.join(scratch, STUDY_FILE)
-        storage = None
-        try:
-            if isinstance(fs, pafs.LocalFileSystem):
-                with contextlib.closing(sqlite3.connect(path)) as source, \
-                        contextlib.closing(sqlite3.connect(local)) as copy:
-                    source.backup(copy)
-            else:
-                with fs.open_input_stream(path) as source, open(local, "wb") as copy:
-                    shutil.copyfileobj(source, copy)
-            storage = optuna.storages.RDBStorage(f"sqlite:///{local}")
-            names = optuna.get_all_study_names(storage)
-            if name not in names:
-                raise KeyError(f"no study named {name!r} (it holds: {', '.join(names) or 'none'})")
-            found, why = optuna.load_study(study_name=name, storage=storage), ""
-        except Exception as error:  # sqlite3, SQLAlchemy and Optuna each raise their own types
-            found, why = None, f"{STUDY_FILE} is unreadable: {str(error).splitlines()[0] if str(error) else error!r}"
-        try:
-            yield found, why
-        finally:
-            if storage is not None:
-                storage.engine.dispose()
-
-
-def write_html(sweep_dir: str) -> str:
-    """Write ``DIR/report.html`` from the sweep folder (local path or URI) and return where it went."""
-    table = results.read_table(sweep_dir)
-    fs, root = results.filesystem_and_path(sweep_dir)
-    root = root.rstrip("/")
-    with opened_study(fs, root, results.sweep_metadata(table)["sweep"]) as (study, why):
-        page = render_html(table, build_sections(table, read_plan(fs, root), study, why))
-    results.write_atomically(fs, f"{root}/{SweepFolder.REPORT}", page.encode())
-    return f"{sweep_dir.rstrip('/')}/{SweepFolder.REPORT}" if "://" in sweep_dir else f"{root}/{SweepFolder.REPORT}"

@@ -1,21 +1,23 @@
 """``python -m ness_sweep.report DIR [DIR ...] [top=N | trial=ID]``: a sweep's leaderboard, rerun lines, best.yaml
 and report.html, from its Parquet table alone.
 
-DIR is OUTPUT_DIR/SWEEP_NAME (or the results.parquet file itself), a local path or a URI. Prints what
+DIR is OUTPUT_DIR/SWEEP_NAME (or the results.parquet file in it), a local path or a URI; a folder given twice,
+in any spelling, counts once, and a damaged or foreign table is one line (``report_input``). Prints what
 the sweep printed at its end: the best search trials by the objective (validation numbers unless the sweep
 selected on test), or the Pareto front for several objectives; then the confirmation (each confirmed
 configuration's search and confirmed numbers, the per-method table of a sweep over methods, the winner's
 headline) and the ``python -m ness_sweep.train ...`` line that reruns the winner on its confirmation seeds (without
-a confirmation: the best configuration); then writes ``DIR/report.html``.
-Several DIRs are ranked together in one table with a ``sweep`` column (they must share their objectives;
-comparing writes no page). ``trial=ID`` prints the line that reruns any one row instead, looked up in every
-DIR given. Works while a sweep runs too.
+a confirmation: the best configuration); then writes ``DIR/report.html`` (``report_page``).
+Several DIRs are ranked together in one table with a ``sweep`` column (they must share their objectives; sweeps
+of different benchmarks or methods get a column for it and a warning line; comparing writes no page).
+``trial=ID`` (or a start of the ID that only one trial has) prints the line that reruns any one row instead,
+looked up in every DIR given; for a trial that did not finish, a comment line above it says how the full run
+differs from the row. Works while a sweep runs too. Paths are printed absolute (a URI as given).
 """
 
 from __future__ import annotations
 
 import collections
-import re
 import shlex
 import sys
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
@@ -26,12 +28,14 @@ from omegaconf import OmegaConf
 from .config import UserError, argument_value, first_line, flatten, unflatten
 from .methods import shipped_schema
 from .metrics import FINAL, TEST
-from .results import Stage, SweepFolder, best_rows, config_columns, filesystem_and_path, pareto_front, ranked, \
-    read_table, stage_rows, sweep_metadata, write_atomically
+from .report_input import USAGE, find_trial, parse_arguments, read_sweep
+from .results import Stage, Status, SweepFolder, best_rows, config_columns, filesystem_and_path, pareto_front, ranked, \
+    stage_rows, sweep_metadata, write_atomically
 from .selection import HEADLINE_METRICS, Confirmed, confirmations, per_method, winner
 
-USAGE = ("usage: python -m ness_sweep.report DIR [DIR ...] [top=N | trial=ID]   (DIR: OUTPUT_DIR/SWEEP_NAME, local "
-         "or a URI; several DIRs are compared in one table; trial=ID prints the command that reruns that row)")
+COMPARED_SETTINGS = ("benchmark", "method")  # sweeps that differ in these are shown so when compared
+STATUS_MEANING = {Status.TERMINATED: "finished", Status.STOPPED: "stopped early by the scheduler",
+                  Status.DIVERGED: "loss became NaN/inf", Status.ERROR: "failed"}  # what a row's status says
 # Optuna's TPESampler draws its first n_startup_trials (default 10, which tuner.make_searcher keeps) at random.
 TPE_STARTUP_TRIALS = 10
 
@@ -166,9 +170,59 @@ def leaderboard(table: pa.Table, top: int = 5) -> str:
     return compare([table], top)
 
 
+def search_rows(tables: Sequence[pa.Table], labels: Sequence[str]) -> List[Dict[str, Any]]:
+    """Every search row of the sweeps, each with its sweep's label under ``sweep``."""
+    return [dict(row, sweep=label) for label, table in zip(labels, tables)
+            for row in stage_rows(table.to_pylist(), Stage.SEARCH)]
+
+
+def best_search_rows(rows: List[Dict[str, Any]], metrics: Sequence[str], modes: Sequence[str]) -> List[Dict[str, Any]]:
+    """The leaderboard's order: finished rows by the objective, or the Pareto front for several objectives."""
+    return pareto_front(rows, metrics, modes) if len(metrics) > 1 else ranked(rows, metrics[0], modes[0])
+
+
+def differing_settings(tables: Sequence[pa.Table], labels: Sequence[str]) -> Dict[str, Dict[str, List[str]]]:
+    """Of ``COMPARED_SETTINGS``, those whose values differ between the sweeps: key -> sweep label -> its values.
+    Numbers of another benchmark or method do not rank against each other."""
+    rows = {label: stage_rows(table.to_pylist(), Stage.SEARCH) for label, table in zip(labels, tables)}
+    differing = {}
+    for key in COMPARED_SETTINGS:
+        values = {label: sorted({_cell(row.get(key)) for row in found}) for label, found in rows.items()}
+        if len({tuple(found) for found in values.values()}) > 1:
+            differing[key] = values
+    return differing
+
+
+def differing_warning(differing: Dict[str, Dict[str, List[str]]]) -> str:
+    """One line: which sweep trains which benchmark or method."""
+    parts = [f"{key} (" + "; ".join(f"{label}: {', '.join(values) or 'no trial yet'}"
+                                    for label, values in by_sweep.items()) + ")"
+             for key, by_sweep in differing.items()]
+    return (f"warning: these sweeps differ in {' and '.join(parts)}: compare a row's numbers only with rows of "
+            f"the same {' and '.join(differing)}")
+
+
+def leaderboard_table(tables: Sequence[pa.Table], rows: Sequence[Dict[str, Any]],
+                      extra: Sequence[str] = ()) -> Tuple[List[str], List[List[str]]]:
+    """Header and text cells of leaderboard rows (``search_rows``), ranked as given: a ``sweep`` column when
+    several sweeps are compared, then the ``extra`` settings, the shown metrics (mean ± std over a row's seeds
+    when it ran several), the searched keys and the training seconds (the console's table and the page's)."""
+    several = len(tables) > 1
+    metric_columns = shown_metrics(tables[0])
+    searched = list(dict.fromkeys(key for table in tables for key in sweep_metadata(table)["searched"]))
+    extra = [key for key in extra if key not in searched]
+    header = ["#", *(["sweep"] if several else []), "trial_id", *extra, *metric_columns, *searched, "seconds"]
+    cells = [[str(i + 1), *([row["sweep"]] if several else []), row["trial_id"],
+              *[_cell(row.get(c)) for c in extra],
+              *[metric_text(row.get(c), row.get(f"{c}_std")) for c in metric_columns],
+              *[_cell(row.get(c)) for c in [*searched, "seconds"]]] for i, row in enumerate(rows)]
+    return header, cells
+
+
 def compare(tables: Sequence[pa.Table], top: int = 5, labels: Optional[Sequence[str]] = None) -> str:
     """The leaderboard of several sweeps ranked together, a ``sweep`` column naming each row's (``labels``,
-    default the sweeps' names). They must share the first sweep's objectives: ranks of others mean nothing."""
+    default the sweeps' names). They must share the first sweep's objectives: ranks of others mean nothing.
+    Sweeps of different benchmarks or methods get a column showing each row's and one warning line."""
     metas = [sweep_metadata(table) for table in tables]
     labels = list(labels or [meta["sweep"] for meta in metas])
     metrics, modes = metas[0]["metrics"], metas[0]["modes"]
@@ -178,11 +232,13 @@ def compare(tables: Sequence[pa.Table], top: int = 5, labels: Optional[Sequence[
                             "compare sweeps of the same sweep.metric and sweep.mode")
     several = len(tables) > 1
     table_of = dict(zip(labels, tables))
-    rows = [dict(row, sweep=label) for label, table in zip(labels, tables)
-            for row in stage_rows(table.to_pylist(), Stage.SEARCH)]
+    rows = search_rows(tables, labels)
     lines = [line for table in tables for line in sweep_header(table)]
+    differing = differing_settings(tables, labels) if several else {}
+    if differing:
+        lines.append(differing_warning(differing))
     objectives, multi = _objectives(metas[0]), len(metrics) > 1
-    best = pareto_front(rows, metrics, modes) if multi else ranked(rows, metrics[0], modes[0])
+    best = best_search_rows(rows, metrics, modes)
     if not best:
         lines.append(f"no trial finished with {objectives}; nothing to rank")
         return "\n".join(lines)
@@ -191,13 +247,7 @@ def compare(tables: Sequence[pa.Table], top: int = 5, labels: Optional[Sequence[
     on_test = " (selected on test)" if any(selected_on_test_note(table) for table in tables) else ""
     lines.append(f"Pareto front{of_sweeps} over {objectives}{on_test}: {len(best)} trials" if multi
                  else f"best {len(shown)}{of_sweeps} by {objectives}{on_test}")
-    metric_columns = shown_metrics(tables[0])
-    searched = list(dict.fromkeys(key for meta in metas for key in meta["searched"]))
-    header = ["#", *(["sweep"] if several else []), "trial_id", *metric_columns, *searched, "seconds"]
-    cells = [[str(i + 1), *([row["sweep"]] if several else []), row["trial_id"],
-              *[metric_text(row.get(c), row.get(f"{c}_std")) for c in metric_columns],
-              *[_cell(row.get(c)) for c in [*searched, "seconds"]]] for i, row in enumerate(shown)]
-    lines += _aligned(header, cells)
+    lines += _aligned(*leaderboard_table(tables, shown, list(differing)))
     if not several and confirmations(tables[0].to_pylist(), metrics, modes):
         return "\n".join(lines + confirmation_lines(tables[0]))
     lines.append("rerun a configuration of the front:" if multi else "rerun the best configuration:")
@@ -286,83 +336,73 @@ def chosen(table: pa.Table) -> Tuple[Optional[Dict[str, Any]], Optional[Confirme
     return (best[0] if best else None), None
 
 
+def shown_file(sweep_dir: str, name: str) -> str:
+    """Where a file of the sweep folder is, as printed: the absolute path of a local folder, a URI as given; so
+    every path the sweep and the report print reads the same way and opens from any working directory."""
+    if "://" in sweep_dir:
+        return f"{sweep_dir.rstrip('/')}/{name}"
+    return f"{filesystem_and_path(sweep_dir)[1].rstrip('/')}/{name}"
+
+
 def write_best_config(table: pa.Table, sweep_dir: str) -> Optional[str]:
     """``best.yaml`` beside the table: the chosen trial's run config (``chosen``)."""
     row, confirmed = chosen(table)
     if row is None:
         return None
     fs, root = filesystem_and_path(sweep_dir)
-    write_atomically(fs, f"{root}/{SweepFolder.BEST}", best_config_yaml(row, table, confirmed).encode())
-    return f"{sweep_dir.rstrip('/')}/{SweepFolder.BEST}"
+    write_atomically(fs, f"{root.rstrip('/')}/{SweepFolder.BEST}", best_config_yaml(row, table, confirmed).encode())
+    return shown_file(sweep_dir, SweepFolder.BEST)
 
 
 def write_report_page(sweep_dir: str, warn: Callable[[str], None]) -> Optional[str]:
-    """``DIR/report.html`` (``plots.write_html``) and where it went, or None after one ``warn`` line: the page
-    is a view of the table, so failing to write it (a read-only folder, a plot that breaks) must cost neither
-    the leaderboard nor the sweep."""
+    """``DIR/report.html`` (``report_page.write_html``) and where it went, or None after one ``warn`` line: the
+    page is a view of the table, so failing to write it (a read-only folder, a plot that breaks) must cost
+    neither the leaderboard nor the sweep."""
     try:
-        from .plots import write_html  # plotly loads only when a page is written
+        from .report_page import write_html  # plotly loads only when a page is written
 
         return write_html(sweep_dir)
     except Exception as error:  # whatever breaks the page is reported in one line, never raised
-        warn(f"warning: {sweep_dir.rstrip('/')}/{SweepFolder.REPORT} not written: {first_line(error)}")
+        warn(f"warning: {shown_file(sweep_dir, SweepFolder.REPORT)} not written: {first_line(error)}")
         return None
 
 
-def parse_top(arg: str) -> int:
-    """``top=N``: how many trials to list, a whole number >= 1."""
-    value = arg[len("top="):]
-    if not (value.isascii() and value.isdigit() and int(value) >= 1):
-        raise UserError(f"{arg}: top must be a whole number >= 1 (how many trials to list)")
-    return int(value)
+def full_run_tasks(row: Dict[str, Any], table: pa.Table) -> Optional[int]:
+    """How many tasks a full run of the row's benchmark trains: what the sweep's finished rows of that benchmark
+    trained (the table does not record it otherwise); None when none finished."""
+    done = [other["task"] for other in table.to_pylist() if other["status"] == Status.TERMINATED
+            and other.get("benchmark") == row.get("benchmark") and other.get("task")]
+    return max(done) if done else None
 
 
-def parse_arguments(argv: Sequence[str]) -> Tuple[List[str], int, Optional[str]]:
-    """(DIRs, top, trial ID). ``key=value`` with a plain key is an option, anything else a DIR (so
-    ``s3://bucket/date=1`` stays a DIR; a local folder named like an option is written ``./top=3``)."""
-    dirs: List[str] = []
-    options: Dict[str, str] = {}
-    for arg in argv:
-        key, equals, value = arg.partition("=")
-        if arg.startswith("-") or (equals and re.fullmatch(r"[A-Za-z_][\w.]*", key)):
-            if key not in ("top", "trial"):
-                raise UserError(f"argument {arg}: unknown; give sweep folders and top=N or trial=ID "
-                                f"(a folder named so: ./{arg})")
-            if key in options:
-                raise UserError(f"{key}=: given twice")
-            options[key] = arg
-        elif arg in dirs:
-            raise UserError(f"{arg}: given twice")
-        else:
-            dirs.append(arg)
-    if not dirs:
-        raise UserError(USAGE)
-    if len(options) == 2:
-        raise UserError("trial=ID prints one rerun line; top=N does not go with it")
-    top = parse_top(options["top"]) if "top" in options else 5
-    return dirs, top, options["trial"][len("trial="):] if "trial" in options else None
+def rerun_caveat(row: Dict[str, Any], table: pa.Table) -> Optional[str]:
+    """How a rerun of a row that did not finish differs from what the row holds (None for a finished row): the
+    command trains every task, the row holds the tasks before the trial ended, and the rerun prints the row's
+    numbers on its line for the row's last task (the mean of its seeds' lines when it ran several)."""
+    status = row["status"]
+    if status == Status.TERMINATED:
+        return None
+    done, total = row.get("task") or 0, full_run_tasks(row, table)
+    line = (f"# trial {row['trial_id']} {status} ({STATUS_MEANING.get(status, 'not ended')}) after task {done}"
+            f"{f' of {total}' if total else ''}: the full run trains {f'all {total} tasks' if total else 'every task'}"
+            "; its row holds ")
+    if not done:
+        return line + "no task's numbers"
+    seen = [f"{column} {metric_text(row[column])}" for column in ("acc_seen", "valid_acc_seen")
+            if row.get(column) is not None]
+    line += f"the first {done}"
+    if seen:
+        seeds = " (the mean over its seeds)" if len(row.get("seeds") or []) > 1 else ""
+        line += f" ({', '.join(seen)}: the rerun's 'task {done}/' line prints them as mean and validation{seeds})"
+    return line
 
 
-def read_sweep(location: str) -> pa.Table:
-    """The results table at ``location``, every failure to read it a UserError naming it."""
-    try:
-        table = read_table(location)
-        sweep_metadata(table)
-        return table
-    except (pa.ArrowException, OSError) as error:
-        raise UserError(f"{location}: cannot read the results table: {first_line(error)}") from None
-
-
-def rerun_line(tables: Dict[str, pa.Table], trial_id: str) -> str:
-    """The ``python -m ness_sweep.train ...`` line of one row, found in whichever sweep holds it (one only)."""
-    found = [(location, row, table) for location, table in tables.items()
-             for row in table.to_pylist() if row["trial_id"] == trial_id]
-    if not found:
-        raise UserError(f"trial={trial_id}: no such trial in {', '.join(tables)}; the trial_id column lists them")
-    if len(found) > 1:
-        raise UserError(f"trial={trial_id}: in {', '.join(location for location, _, _ in found)}; give the one DIR")
-    _, row, table = found[0]
-    return train_command(row, table)
+def rerun_text(tables: Dict[str, pa.Table], trial_id: str) -> str:
+    """The ``python -m ness_sweep.train ...`` line of one row (``report_input.find_trial``), under a comment line
+    saying how its run differs from the row when the trial did not finish."""
+    _, row, table = find_trial(tables, trial_id)
+    caveat = rerun_caveat(row, table)
+    return "\n".join([*([caveat] if caveat else []), train_command(row, table)])
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -374,7 +414,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         dirs, top, trial_id = parse_arguments(argv)
         tables = {location: read_sweep(location) for location in dirs}
         if trial_id is not None:
-            print(rerun_line(tables, trial_id))
+            print(rerun_text(tables, trial_id))
             return 0
         names = [sweep_metadata(table)["sweep"] for table in tables.values()]
         print(compare(list(tables.values()), top, names if len(set(names)) == len(names) else dirs))

@@ -1,5 +1,7 @@
-"""The HTML report (ness_sweep.plots): every plot is there and shows the table's numbers, the page is one
-self-contained file, and sweeps without finished trials, without a study or with two objectives still report.
+"""The HTML report (ness_sweep.plots, ness_sweep.report_page): every plot is there and shows the table's numbers
+(every trial that reported, over the searched range), the leaderboard carries rerun commands, the page is small
+and loads plotly from the one file written beside it, and sweeps without finished trials, without a study or
+with two objectives still report.
 
 Each test builds a sweep folder by hand, as a sweep leaves it: results.parquet written through
 ness_sweep.results, plan.yaml, and optuna.db holding the finished rows as complete trials.
@@ -7,18 +9,21 @@ ness_sweep.results, plan.yaml, and optuna.db holding the finished rows as comple
 
 from __future__ import annotations
 
+import html
 import math
 import random
 import re
+import shlex
 
 import numpy as np
 import optuna
+import plotly.offline
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pytest
 from omegaconf import OmegaConf
 
-from ness_sweep import metrics, plots, results
+from ness_sweep import metrics, plots, report_page, results
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -149,21 +154,46 @@ def test_acc_bwt_shows_every_finished_trial_and_marks_the_pareto_front(sweep):
     assert set(zip(front.x, front.y)) == undominated and 1 < len(undominated) < len(done)
 
 
-def test_acc_against_each_searched_key_with_log_axes_exactly_for_loguniform_keys(sweep):
+def test_each_key_plot_shows_every_trial_that_reported_marked_by_how_it_ended(sweep):
     table, plan, study = load(sweep)
     figures = plots.build_figures(table, plan, study)
-    done = finished(table)
+    rows = table.to_pylist()
     for key, spec in SEARCH.items():
         figure = figures[f"acc_vs_{key}"]
-        (trace,) = figure.data
+        traces = {trace.legendgroup: trace for trace in figure.data}
+        assert set(traces) == {"TERMINATED", "STOPPED", "DIVERGED", "RUNNING"}  # the ERROR trial reported no task
+        for status, trace in traces.items():
+            group = [r for r in rows if r["status"] == status]
+            assert list(trace.x) == [r[key] for r in group], (key, status)
+            # a finished trial at its ACC, the others at the mean accuracy of the last task they reported
+            expected = [r["acc"] if status == "TERMINATED" else r["acc_seen_per_task"][-1] for r in group]
+            assert list(trace.y) == expected
+        assert traces["STOPPED"].marker.symbol == "x" and "stopped early" in traces["STOPPED"].name
+        assert traces["TERMINATED"].marker.symbol != "x"
         kind = next(iter(spec))
-        expected_x = [r[key] for r in done]
-        assert list(trace.x) == expected_x and list(trace.y) == [r["acc"] for r in done]
         assert (figure.layout.xaxis.type == "log") == (kind == "loguniform"), key
         if kind == "choice":
             assert figure.layout.xaxis.type == "category"
             assert list(figure.layout.xaxis.categoryarray) == spec["choice"]
         assert figure.layout.xaxis.title.text == key
+
+
+def test_numeric_key_axes_span_the_searched_range_with_readable_log_ticks(sweep):
+    figures = plots.build_figures(*load(sweep))
+    for key in ("ness.threshold", "train.lr", "ness.rank"):
+        (kind, (low, high)), = SEARCH[key].items()
+        axis = figures[f"acc_vs_{key}"].layout.xaxis
+        start, end = (math.log10(low), math.log10(high)) if kind == "loguniform" else (low, high)
+        width = end - start
+        assert start - 0.1 * width < axis.range[0] <= start and end <= axis.range[1] < end + 0.1 * width, key
+    threshold = figures["acc_vs_ness.threshold"].layout.xaxis
+    assert list(threshold.ticktext) == ["0.0001", "0.0002", "0.0005", "0.001", "0.002", "0.005", "0.01", "0.02",
+                                        "0.05", "0.1"]
+    assert list(threshold.tickvals) == pytest.approx([float(text) for text in threshold.ticktext])
+    lr = figures["acc_vs_train.lr"].layout.xaxis
+    assert list(lr.ticktext) == ["0.001", "0.002", "0.005", "0.01", "0.02", "0.05", "0.1", "0.2"]
+    # over more than 4 decades, the powers of ten alone
+    assert plots.log_ticks(1e-8, 1.0) == pytest.approx([10.0 ** k for k in range(-8, 1)])
 
 
 def test_history_is_creation_order_and_best_so_far_is_the_running_max(sweep):
@@ -184,6 +214,21 @@ def test_importances_come_from_the_study_for_every_searched_key(sweep):
         study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0))
     assert dict(zip(bars.x, bars.y)) == pytest.approx(expected)
     assert sum(bars.y) == pytest.approx(1.0)
+
+
+def test_importances_say_how_many_trials_they_rest_on_and_caution_below_the_minimum(tmp_path):
+    few = make_sweep(tmp_path / "few", make_rows())
+    sections = {s.name: s for s in plots.build_sections(*load(few))}
+    complete = sum(r["status"] == "TERMINATED" for r in make_rows())
+    assert complete < plots.MIN_IMPORTANCE_TRIALS
+    assert f"from {complete} complete trials" in sections["importances"].title
+    assert sections["importances"].note.startswith(f"Caution: only {complete} complete trials")
+    assert "Caution: only" in open(report_page.write_html(str(few))).read()
+    rows = make_rows([(f"t{i:02d}", "TERMINATED", 3) for i in range(plots.MIN_IMPORTANCE_TRIALS)])
+    enough = make_sweep(tmp_path / "enough", rows)
+    sections = {s.name: s for s in plots.build_sections(*load(enough))}
+    assert f"from {plots.MIN_IMPORTANCE_TRIALS} complete trials" in sections["importances"].title
+    assert sections["importances"].note == "" and sections["importances"].figure is not None
 
 
 def test_acc_seen_has_a_line_per_trial_ending_where_it_stopped(sweep):
@@ -211,6 +256,7 @@ def test_heatmaps_show_the_best_trials_matrix_and_diagnostics(sweep):
     assert best["trial_id"] == results.best_rows(table)[0]["trial_id"]
     (heatmap,) = figures["acc_matrix"].data
     assert [list(row) for row in heatmap.z] == best["acc_matrix"]
+    assert (heatmap.zmin, heatmap.zmax) == (0, 100)  # one colour scale for every report, not this matrix's range
     assert heatmap.text[2][0] == f"{best['acc_matrix'][2][0]:.1f}" and heatmap.text[0][2] == ""
     assert best["trial_id"] in figures["acc_matrix"].layout.title.text
     (diagnostics,) = figures["diagnostics"].data
@@ -222,35 +268,75 @@ def test_heatmaps_show_the_best_trials_matrix_and_diagnostics(sweep):
     assert [list(row) for row in diagnostics.z] == [[1, 12 / 64, 0], [1, 5 / 32, None], [None, 1, 0.5], [None, None, 1]]
 
 
-def test_the_page_is_one_self_contained_file_with_every_figure(sweep):
-    path = plots.write_html(str(sweep))
+def test_the_page_is_small_and_loads_plotly_from_the_file_beside_it(sweep):
+    path = report_page.write_html(str(sweep))
     assert path == str(sweep / "report.html")
     page = (sweep / "report.html").read_text()
     figures = plots.build_figures(*load(sweep))
-    assert page.count("* plotly.js v") == 1  # the library's banner: inlined once
-    assert len(page) > 1_000_000  # ... in full, not a loader
+    scripts = re.findall(r"<script[^>]*\bsrc\s*=\s*'([^']*)'", page)
+    assert scripts == [f"plotly-{plotly.offline.get_plotlyjs_version()}.min.js"]  # relative: beside the page
+    library = (sweep / scripts[0]).read_text()
+    assert library == plotly.offline.get_plotlyjs() and "* plotly.js v" in library
+    assert "* plotly.js v" not in page and len(page.encode()) < 300_000  # the numbers only (4.9 MB inlined)
     assert page.count("Plotly.newPlot(") == len(figures)
-    assert not re.search(r"<script[^>]*\bsrc\s*=", page, re.I)
     assert not re.search(r"<link\b", page, re.I)
-    assert not re.search(r"<(?:img|iframe)[^>]*\bsrc\s*=\s*[\"']?https?:", page, re.I)
+    assert not re.search(r"<(?:img|iframe|script)[^>]*\bsrc\s*=\s*[\"']?(?:https?:)?//", page, re.I)
     for figure in figures.values():
         assert figure.layout.title.text in page
     assert "<h1>Sweep rank_threshold-20250101-000000</h1>" in page
     assert "11 trials: 6 TERMINATED (finished), 2 STOPPED (stopped early by the scheduler), 1 DIVERGED" in page
 
 
+def test_the_library_is_written_once_and_a_torn_copy_is_replaced(sweep, monkeypatch):
+    report_page.write_html(str(sweep))
+    library = sweep / report_page.PLOTLY_JS
+    written = []
+    real = results.write_atomically
+    monkeypatch.setattr(results, "write_atomically",
+                        lambda fs, path, data: (written.append(path), real(fs, path, data)))
+    report_page.write_html(str(sweep))
+    assert written == [f"{sweep}/report.html"]  # the page rewritten, the library kept
+    library.write_text(library.read_text()[:1000])  # a copy cut short by someone else's copying
+    written.clear()
+    report_page.write_html(str(sweep))
+    assert written == [str(library), f"{sweep}/report.html"] and library.read_text() == plotly.offline.get_plotlyjs()
+    assert not [p.name for p in sweep.iterdir() if ".tmp-" in p.name]
+
+
+def test_the_leaderboard_lists_the_best_with_mean_and_std_and_a_rerun_command(tmp_path):
+    rows = make_rows()
+    best = max((r for r in rows if r["acc"] is not None), key=lambda r: r["acc"])
+    best.update(seeds=[1, 2], acc_std=0.314)
+    sweep = make_sweep(tmp_path, rows)
+    table = results.read_table(str(sweep))
+    section = {s.name: s for s in plots.build_sections(*load(sweep))}["leaderboard"]
+    header, cells = section.table
+    assert header[:2] == ["#", "trial_id"] and header[-1] == "rerun command"
+    ranked = sorted((r for r in table.to_pylist() if r["acc"] is not None), key=lambda r: -r["acc"])
+    assert [line[1] for line in cells] == [r["trial_id"] for r in ranked]
+    assert cells[0][header.index("acc")] == f"{best['acc']:.2f} ± 0.31"
+    for line, row in zip(cells, ranked):
+        words = shlex.split(line[-1])
+        assert words[:3] == ["python", "-m", "ness_sweep.train"]
+        assert f"train.lr={row['train.lr']!r}" in words and f"ness.norm={row['ness.norm']}" in words
+    assert "seeds=[1,2]" in shlex.split(cells[0][-1])
+    page = open(report_page.write_html(str(sweep))).read()
+    assert f"rerun command: <code>{html.escape(cells[0][-1])}</code></td></tr>" in page
+
+
 def test_a_sweep_with_no_finished_trial_still_gets_a_page(tmp_path):
     rows = make_rows([("a", "STOPPED", 1), ("b", "RUNNING", 2), ("c", "PENDING", 0)])
     sweep = make_sweep(tmp_path, rows, study_trials=False, plan=False)
     table, plan, study = load(sweep)
-    assert set(plots.build_figures(table, plan, study)) == {"acc_seen"}
+    # trials that reported tasks are on the per-key plots even before any finished
+    assert set(plots.build_figures(table, plan, study)) == {"acc_seen", *(f"acc_vs_{k}" for k in SEARCH)}
     sections = {s.name: s for s in plots.build_sections(table, plan, study)}
     assert sections["acc_matrix"].figure is None and "No finished trial" in sections["acc_matrix"].note
-    plots.write_html(str(sweep))
+    report_page.write_html(str(sweep))
     page = (sweep / "report.html").read_text()
     assert "No trial has finished yet" in page
     assert "No optuna.db in the sweep folder" in page
-    assert page.count("* plotly.js v") == 1 and page.count("Plotly.newPlot(") == 1
+    assert page.count("Plotly.newPlot(") == 1 + len(SEARCH)
 
 
 def test_a_study_of_one_complete_trial_is_too_small_for_importances(tmp_path):
@@ -259,13 +345,13 @@ def test_a_study_of_one_complete_trial_is_too_small_for_importances(tmp_path):
     sections = {s.name: s for s in plots.build_sections(table, plan, study)}
     assert sections["importances"].figure is None
     assert "1 complete trial(s); importances need at least 2" in sections["importances"].note
-    assert "importances need at least 2" in open(plots.write_html(str(sweep))).read()
+    assert "importances need at least 2" in open(report_page.write_html(str(sweep))).read()
 
 
 def test_an_unreadable_study_is_named_on_the_page(tmp_path):
     sweep = make_sweep(tmp_path, make_rows(), study_trials=False)
     (sweep / "optuna.db").write_bytes(b"not a database at all" * 10)
-    page = open(plots.write_html(str(sweep))).read()
+    page = open(report_page.write_html(str(sweep))).read()
     assert "optuna.db is unreadable" in page
 
 
@@ -279,7 +365,7 @@ def test_two_objectives_use_the_first_for_importances_and_the_front_for_the_best
     assert dict(zip(bars.x, bars.y)) == pytest.approx(expected)
     front = results.pareto_front(table.to_pylist(), ["acc", "bwt"], ["max", "max"])
     assert [list(r) for r in figures["acc_matrix"].data[0].z] == front[0]["acc_matrix"]
-    assert "acc (max), bwt (max)" in open(plots.write_html(str(sweep))).read()
+    assert "acc (max), bwt (max)" in open(report_page.write_html(str(sweep))).read()
 
 
 def test_a_sweep_searching_only_a_choice_has_no_numeric_axis(tmp_path):
@@ -289,7 +375,7 @@ def test_a_sweep_searching_only_a_choice_has_no_numeric_axis(tmp_path):
     assert [n for n in figures if n.startswith("acc_vs_")] == ["acc_vs_ness.norm"]
     assert figures["acc_vs_ness.norm"].layout.xaxis.type == "category"
     assert list(figures["importances"].data[0].x) == ["ness.norm"]
-    plots.write_html(str(sweep))
+    report_page.write_html(str(sweep))
 
 
 def test_without_plan_numeric_keys_get_linear_axes(tmp_path):
@@ -312,8 +398,9 @@ def test_a_uri_sweep_folder_is_read_and_written_through_its_filesystem(tmp_path,
         return real(location)
 
     monkeypatch.setattr(results, "filesystem_and_path", fake)
-    path = plots.write_html(f"fake://{sweep.name}/")
+    path = report_page.write_html(f"fake://{sweep.name}/")
     assert path == f"fake://{sweep.name}/report.html"
     page = (sweep / "report.html").read_text()
     assert page.count("Plotly.newPlot(") == len(plots.build_figures(*load(sweep)))  # importances included
     assert "unreadable" not in page and "No optuna.db" not in page
+    assert (sweep / report_page.PLOTLY_JS).read_text() == plotly.offline.get_plotlyjs()  # through the file system too

@@ -1,5 +1,7 @@
 """``python -m ness_sweep.report`` and ``dry_run=true``: leaderboard cells against hand-built tables (± std,
-0.00, the random-search line, several sweeps in one table), report.html, and a dry run that creates nothing."""
+0.00, the random-search line, several sweeps in one table, sweeps of other benchmarks), report.html, trial IDs by
+a unique start, a stopped trial's rerun line, one sweep however spelt, damaged tables refused in one line, and a
+dry run that creates nothing."""
 
 from __future__ import annotations
 
@@ -7,6 +9,8 @@ import os
 import subprocess
 import sys
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from ness_sweep import report, results
@@ -38,13 +42,6 @@ def test_the_random_search_line_is_there_for_8_trials_only(tmp_path):
     large = board_lines(make_sweep(tmp_path / "large", make_rows(TWENTY)))
     assert any("random search" in line and str(report.TPE_STARTUP_TRIALS) in line for line in small[:2])
     assert not any("random search" in line for line in large)
-
-
-def test_the_random_search_threshold_is_the_searchers_own(tmp_path):
-    from ness_sweep.sweep import plan as planning, tuner
-
-    plan = planning.build_plan(["space=smoke", f"output_dir={tmp_path}"])
-    assert tuner.make_searcher(plan)._ot_study.sampler._n_startup_trials == report.TPE_STARTUP_TRIALS
 
 
 def renamed_sweep(root, rows, name, **kwargs):
@@ -89,7 +86,7 @@ def test_report_dir_writes_report_html(tmp_path, capsys):
 
 def test_an_unwritable_page_keeps_the_leaderboard(tmp_path, capsys, monkeypatch):
     sweep = make_sweep(tmp_path, make_rows())
-    monkeypatch.setattr("ness_sweep.plots.write_html", lambda where: (_ for _ in ()).throw(OSError("read-only")))
+    monkeypatch.setattr("ness_sweep.report_page.write_html", lambda where: (_ for _ in ()).throw(OSError("read-only")))
     assert report.main([str(sweep)]) == 0
     captured = capsys.readouterr()
     assert "rerun the best configuration:" in captured.out
@@ -146,4 +143,115 @@ def test_dry_run_resume_prints_the_stored_plan(tmp_path):
     done = dry_run("dry_run=true", "resume=true", "sweep.name=kept", f"output_dir={tmp_path}")
     assert done.returncode == 0, done.stderr
     assert "train.epochs=3" in done.stdout and "plan.yaml" in done.stdout and "no trial recorded" in done.stdout
+    assert listing(tmp_path) == before
+
+
+# ---- the report command's input: trial IDs, folders, tables --------------------------------------------------
+
+def rerun_output(sweep, trial, capsys):
+    code = report.main([str(sweep), f"trial={trial}"])
+    captured = capsys.readouterr()
+    return code, captured.out.strip().splitlines(), captured.err.strip().splitlines()
+
+
+def test_a_unique_start_of_a_trial_id_names_the_trial(tmp_path, capsys):
+    sweep = make_sweep(tmp_path, make_rows())
+    table = results.read_table(str(sweep))
+    t10 = next(r for r in table.to_pylist() if r["trial_id"] == "t10")
+    code, out, _ = rerun_output(sweep, "t1", capsys)  # only t10 starts so
+    assert code == 0 and out == [report.train_command(t10, table)]
+    code, out, err = rerun_output(sweep, "t0", capsys)
+    assert code == 2 and out == [] and len(err) == 1
+    assert "t00, t01, t02, t03, t04, t05, t06, t07, t08, t09" in err[0] and "give more" in err[0]
+
+
+def test_a_stopped_trials_rerun_line_says_how_the_full_run_differs_from_its_row(tmp_path, capsys):
+    rows = make_rows()
+    stopped = next(r for r in rows if r["status"] == "STOPPED" and r["task"] == 2)
+    sweep = make_sweep(tmp_path, rows)
+    code, out, _ = rerun_output(sweep, stopped["trial_id"], capsys)
+    assert code == 0 and len(out) == 2 and out[1].startswith("python -m ness_sweep.train ")
+    seen = stopped["acc_seen_per_task"][-1]
+    assert out[0] == (f"# trial {stopped['trial_id']} STOPPED (stopped early by the scheduler) after task 2 of 3: "
+                      f"the full run trains all 3 tasks; its row holds the first 2 (acc_seen {seen:.2f}: the "
+                      "rerun's 'task 2/' line prints them as mean and validation)")
+    finished = next(r for r in rows if r["status"] == "TERMINATED")
+    assert len(rerun_output(sweep, finished["trial_id"], capsys)[1]) == 1  # a finished row: the command alone
+
+
+def test_sweeps_of_different_benchmarks_get_a_column_and_one_warning(tmp_path, capsys):
+    other = make_rows(seed=2)
+    for row in other:
+        row["benchmark"] = "split_mnist1d"
+    a = renamed_sweep(tmp_path / "a", make_rows(seed=1), "alpha")
+    b = renamed_sweep(tmp_path / "b", other, "beta")
+    assert report.main([str(a), str(b), "top=30"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    warnings = [line for line in lines if "warning" in line]
+    assert warnings == ["warning: these sweeps differ in benchmark (alpha: permuted_digits; beta: split_mnist1d): "
+                        "compare a row's numbers only with rows of the same benchmark"]
+    header = next(line.split() for line in lines if "trial_id" in line)
+    assert header[:4] == ["#", "sweep", "trial_id", "benchmark"]
+    for line in (line.split() for line in lines if line.split() and line.split()[0].isdigit()):
+        assert line[3] == {"alpha": "permuted_digits", "beta": "split_mnist1d"}[line[1]]
+    assert report.main([str(a), str(renamed_sweep(tmp_path / "c", make_rows(seed=3), "gamma"))]) == 0
+    assert "warning" not in capsys.readouterr().out  # the same benchmark and method: no column, no warning
+
+
+def test_the_same_sweep_given_in_three_spellings_is_one_sweep(tmp_path, capsys):
+    sweep = make_sweep(tmp_path, make_rows())
+    assert report.main([str(sweep), f"{sweep}/", f"{sweep}/results.parquet"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("sweep rank_threshold-20250101-000000:") == 1 and " sweep " not in out.splitlines()[2]
+    assert f"report written to {sweep / 'report.html'}" in out
+
+
+def test_a_path_to_results_parquet_is_read_as_its_folder(tmp_path, capsys):
+    sweep = make_sweep(tmp_path, make_rows())
+    assert report.main([str(sweep / "results.parquet")]) == 0
+    captured = capsys.readouterr()
+    assert captured.err == "" and f"report written to {sweep / 'report.html'}" in captured.out
+    assert (sweep / "report.html").is_file()
+
+
+def test_printed_paths_are_absolute_however_the_folder_was_given(tmp_path, capsys, monkeypatch):
+    sweep = make_sweep(tmp_path, make_rows())
+    monkeypatch.chdir(tmp_path)
+    assert report.write_best_config(results.read_table(sweep.name), sweep.name) == str(sweep / "best.yaml")
+    assert report.main([sweep.name]) == 0
+    assert f"report written to {sweep / 'report.html'}" in capsys.readouterr().out
+
+
+def rewritten(sweep, change):
+    """The sweep's table rewritten with ``change(table) -> table`` applied, as a damaged or foreign one."""
+    table = change(pq.read_table(sweep / "results.parquet"))
+    pq.write_table(table, sweep / "results.parquet")
+
+
+def with_metadata(raw):
+    return lambda table: table.replace_schema_metadata({b"ness_sweep": raw})
+
+
+def text_acc(table):
+    index = table.column_names.index("acc")
+    values = pa.array([None if v is None else f"{v:.2f}" for v in table.column("acc").to_pylist()], pa.string())
+    return table.set_column(index, "acc", values)
+
+
+@pytest.mark.parametrize("change,named", [
+    (with_metadata(b"{not json"), "metadata is not JSON"),
+    (with_metadata(b'{"sweep": "x", "modes": ["max"], "searched": [], "config_columns": []}'), "has no metrics"),
+    (with_metadata(b'["a list"]'), "metadata is a list"),
+    (with_metadata(b'{"sweep": "x", "metrics": ["acc"], "modes": ["best"], "searched": [], "config_columns": []}'),
+     "modes ['best']"),
+    (lambda table: table.drop_columns(["status"]), "no status column"),
+    (text_acc, "acc column holds string"),
+])
+def test_a_damaged_or_foreign_table_is_one_line_exit_2(change, named, tmp_path, capsys):
+    sweep = make_sweep(tmp_path, make_rows())
+    rewritten(sweep, change)
+    before = listing(tmp_path)
+    assert report.main([str(sweep)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: {sweep}: ") and named in err[0], err
     assert listing(tmp_path) == before

@@ -15,7 +15,7 @@ import os
 import tempfile
 import uuid
 from dataclasses import dataclass
-from typing import Any, Dict, Iterator, List, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -40,6 +40,11 @@ class Status:
     ENDED = (TERMINATED, STOPPED, DIVERGED, ERROR)
 
 
+class WriteFailed(UserError):
+    """A file of the sweep folder could not be written (disk full, no permission, a folder in its place): the
+    driver's failure, never a trial's. One line naming the file and the cause, exit code 2."""
+
+
 class Stage:
     """Which part of a sweep a row comes from: the search (Optuna's proposals, ASHA's stops) or the confirmation
     (a search row's configuration rerun on fresh seeds when the search has ended)."""
@@ -60,6 +65,7 @@ class SweepFolder:
     REPORT = "report.html"
     OPTUNA = "optuna.db"
     WANDB = "wandb"
+    LOCK = "driver.lock"  # locked by the driver running the sweep, naming its host and PID (sweep/lock.py)
 
     @property
     def location(self) -> str:
@@ -103,6 +109,14 @@ class SweepFolder:
                 if os.path.exists(local):
                     pafs.copy_files(local, self.path(entry), source_filesystem=local_fs,
                                     destination_filesystem=self.filesystem)
+
+
+def error_line(text: Optional[str]) -> str:
+    """A trial's error (the ``error`` column) in one line for the sweep's output: its last non-empty line, the
+    exception itself."""
+    lines = [line.strip() for line in (text or "").splitlines() if line.strip()]
+    return lines[-1] if lines else "the trial failed without a message"
+
 
 # Columns before the config columns: who the trial is and where it ran.
 ID_COLUMNS = [
@@ -166,11 +180,24 @@ def exists(fs: pafs.FileSystem, path: str) -> bool:
 
 
 def write_atomically(fs: pafs.FileSystem, path: str, data: bytes) -> None:
-    """Write to a temporary name, then rename: readers never see a half-written file."""
+    """Write to a temporary name, then rename: readers never see a half-written file. A write that fails (disk
+    full, a folder in the way) leaves the file as it was and no temporary behind, and raises ``WriteFailed``."""
     temporary = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-    with fs.open_output_stream(temporary) as stream:
-        stream.write(data)
-    fs.move(temporary, path)
+    try:
+        with fs.open_output_stream(temporary) as stream:
+            stream.write(data)
+        fs.move(temporary, path)
+    except OSError as error:
+        with contextlib.suppress(OSError):
+            fs.delete_file(temporary)
+        raise write_failed(fs, path, error) from None
+
+
+def write_failed(fs: pafs.FileSystem, path: str, error: OSError, doing: str = "write") -> WriteFailed:
+    """``cannot write PATH (No space left on device)``: the file and the cause, in one line."""
+    cause = os.strerror(error.errno) if error.errno else first_line(error)
+    shown = path if isinstance(fs, pafs.LocalFileSystem) else f"{fs.type_name}://{path}"
+    return WriteFailed(f"cannot {doing} {shown} ({cause})")
 
 
 def write_table(rows: List[Dict[str, Any]], schema: pa.Schema, fs: pafs.FileSystem, path: str) -> None:

@@ -5,6 +5,10 @@ validation data, then reruns its best configurations on fresh seeds (the confirm
 finished trial, then the leaderboard, the confirmed winner's headline and the ``python -m ness_sweep.train ...``
 line that reruns it, writes that configuration to ``best.yaml`` and the plots to ``report.html``. ``dry_run=true`` prints the resolved plan instead, starting and creating nothing. Bad input
 exits with code 2 before anything is started or created.
+
+Exit codes: 0 the sweep ran; 1 trials are left unfinished (the line that continues them is printed), or every
+trial failed (one line says so); 2 bad input, a sweep folder another driver is running (named by host and
+PID), or a file of the sweep folder that cannot be written (the sweep stops, resumable, naming the file).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from typing import List, Optional
 
 from .. import environment
 from ..config import SweepConfig, UserError, help_text
+from ..results import error_line
 from .driver import resume_command, sweep
 from .space import known_spaces
 
@@ -62,7 +67,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     if result.upload_hint:
         print(result.upload_hint)
     print(f"sweep took {result.seconds:.1f} s; python -m ness_sweep.report {result.folder.location} prints this again")
-    return 1 if result.unfinished else 0
+    if result.all_failed:
+        first = result.table.column("error")[0].as_py()
+        print(f"error: every trial failed ({result.table.num_rows} of {result.table.num_rows} ended ERROR; the first: "
+              f"{error_line(first)}); each row's error column holds the whole error", file=sys.stderr)
+    return 1 if result.unfinished or result.all_failed else 0
 
 
 if __name__ == "__main__":

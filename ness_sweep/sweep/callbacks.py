@@ -1,7 +1,10 @@
-"""The driver side of a sweep: Tune callbacks that print one line per trial and keep ``results.parquet``."""
+"""The driver side of a sweep: Tune callbacks that print one line per trial, keep ``results.parquet``, and end
+the run when a file of the sweep folder cannot be written."""
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
 from ray import tune
@@ -30,15 +33,13 @@ def trial_status(result: Dict[str, Any], errored: bool = False) -> str:
 
 
 def _error_text(trial) -> Optional[str]:
-    """The trial's whole error (Ray's traceback included): the table keeps it all."""
+    """The trial's whole error (Ray's traceback included): the table keeps it all. ``get_error`` reads it in the
+    sweep folder, where Tune copies it only later; as the trial fails it is in the trial's local ``error_file``."""
     text = str(trial.get_error() or "").strip()
+    if not text and trial.error_file and os.path.isfile(trial.error_file):
+        text = Path(trial.error_file).read_text().strip()
     return text or None
 
-
-def _error_line(trial) -> str:
-    """The error in one line for the sweep's output: its last non-empty line, the exception itself."""
-    lines = [line.strip() for line in (_error_text(trial) or "").splitlines() if line.strip()]
-    return lines[-1] if lines else "the trial failed without a message"
 
 
 def short_params(params: Dict[str, Any]) -> str:
@@ -71,15 +72,42 @@ class ProgressLines(tune.Callback):
                                       f"{signal} {result.get(signal, float('nan')):.2f}")
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self._line(trials, trial, f"error    {_error_line(trial)} (the whole error: the row's error column)")
+        self._line(trials, trial, f"error    {results.error_line(_error_text(trial))} "
+                                  "(the whole error: the row's error column)")
+
+
+class FailedWrites(tune.Callback):
+    """Ends the Tune run when the driver could not write a file of the sweep folder (disk full, a folder in the
+    way). Tune blames a failure inside a trial's hooks on that trial and retries it, so a writer records its
+    ``results.WriteFailed`` here instead of raising; this callback, listed last, raises it at the next step or
+    when the run ends. The run then stops as if its driver had died: no trial is marked failed, and
+    ``resume=true`` continues it."""
+
+    def __init__(self):
+        self.first: Optional[results.WriteFailed] = None
+
+    def record(self, error: results.WriteFailed) -> None:
+        self.first = self.first or error
+
+    def raise_first(self) -> None:
+        if self.first is not None:
+            raise self.first
+
+    def on_step_begin(self, iteration, trials, **info):
+        self.raise_first()
+
+    def on_experiment_end(self, trials, **info):
+        self.raise_first()
 
 
 class ResultsTable(tune.Callback):
     """Rewrites ``results.parquet`` whenever a trial ends, and once more at the end of the stage: this stage's
-    trials (the search's, or the confirmation's) after the other stage's rows as the table held them."""
+    trials (the search's, or the confirmation's) after the other stage's rows as the table held them. A write
+    that fails goes to ``failed_writes``, which ends the run."""
 
-    def __init__(self, plan: SweepPlan, stage: str = Stage.SEARCH):
+    def __init__(self, plan: SweepPlan, stage: str = Stage.SEARCH, failed_writes: Optional[FailedWrites] = None):
         self.plan, self.stage = plan, stage
+        self.failed_writes = failed_writes or FailedWrites()
         self.kept: Optional[List[Dict[str, Any]]] = None  # the other stage's rows, read before the first write
         self.columns = column_types(plan.run_settings(), plan.space, plan.run_schema())
         self.schema = results.make_schema(self.columns, {
@@ -145,15 +173,21 @@ class ResultsTable(tune.Callback):
         confirmation's rows, the confirmation keeps the search's."""
         if self.kept is None:
             folder = self.plan.folder
-            rows = results.read_table(self.plan.sweep_dir).to_pylist() if folder.exists(folder.TABLE) else []
+            try:
+                rows = results.read_table(self.plan.sweep_dir).to_pylist() if folder.exists(folder.TABLE) else []
+            except OSError as error:  # a folder in the table's place
+                raise results.write_failed(folder.filesystem, folder.path(folder.TABLE), error, "read") from None
             self.kept = [row for row in rows if (row.get("stage") or Stage.SEARCH) != self.stage]
         return self.kept
 
     def write(self, trials, running: bool = True) -> None:
         folder = self.plan.folder
         rows = [self.row(t, running) for t in trials]
-        ordered = self.kept_rows() + rows if self.stage == Stage.CONFIRM else rows + self.kept_rows()
-        results.write_table(ordered, self.schema, folder.filesystem, folder.path(folder.TABLE))
+        try:
+            ordered = self.kept_rows() + rows if self.stage == Stage.CONFIRM else rows + self.kept_rows()
+            results.write_table(ordered, self.schema, folder.filesystem, folder.path(folder.TABLE))
+        except results.WriteFailed as error:
+            self.failed_writes.record(error)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self.statuses[trial.trial_id] = trial_status(trial.last_result)

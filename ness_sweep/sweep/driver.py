@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import shlex
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional
 
@@ -9,7 +11,7 @@ import pyarrow as pa
 
 from .. import environment
 from ..config import SweepConfig, arguments, parse_overrides
-from ..results import Status, SweepFolder
+from ..results import Status, SweepFolder, WriteFailed
 from ..selection import Confirmed
 
 
@@ -33,12 +35,24 @@ class SweepResult:
     def to_pandas(self):
         return self.table.to_pandas()
 
+    @property
+    def all_failed(self) -> bool:
+        """Every trial raised (status ERROR; each row's ``error`` says why): the sweep measured nothing, and the
+        command exits 1."""
+        statuses = self.table.column("status").to_pylist()
+        return bool(statuses) and all(status == Status.ERROR for status in statuses)
+
 
 def sweep(*args: str, out: Callable[[str], None] = print, **settings: Any) -> Optional[SweepResult]:
     """Run a sweep with the command line's settings: ``key=value`` strings, keyword arguments, or both
     (``sweep("space=smoke", train={"epochs": 1})``; dotted keys as ``**{"train.lr": 0.1}``). Bad input raises
     ``UserError`` before Ray starts or anything is created. Uses a Ray already running in the process.
-    ``dry_run=true`` prints the resolved plan through ``out`` and returns None, starting and creating nothing."""
+    ``dry_run=true`` prints the resolved plan through ``out`` and returns None, starting and creating nothing.
+
+    A sweep whose every trial raised returns as any other, with ``all_failed`` true. Another driver running the
+    same sweep folder is refused (``UserError`` naming its host and PID). A file of the folder that cannot be
+    written (disk full, a folder in the way) stops the sweep with ``results.WriteFailed``, a ``UserError`` naming
+    the file and the command that continues the sweep; no trial is marked failed for it."""
     argv = [*args, *arguments(settings)]
     environment.bind_ray_to_loopback(parse_overrides(argv).get("ray", {}).get("address"))
     from ..report import chosen, row_settings, write_best_config, write_report_page
@@ -54,9 +68,16 @@ def sweep(*args: str, out: Callable[[str], None] = print, **settings: Any) -> Op
     from .tuner import run_sweep
 
     check_login(plan.cfg)
-    outcome = run_sweep(plan, out)
-    best_yaml = write_best_config(outcome.table, outcome.sweep_dir)
-    report_html = write_report_page(outcome.sweep_dir, out)
+    with contextlib.ExitStack() as held:  # the folder stays this driver's until its last file is written
+        try:
+            outcome = run_sweep(plan, out, held)
+            best_yaml = write_best_config(outcome.table, outcome.sweep_dir)
+        except WriteFailed as error:
+            if not plan.folder.exists(plan.folder.PLAN):
+                raise  # the sweep had not started: nothing to continue
+            raise WriteFailed(f"{error}; the sweep stopped there, no trial failed: fix that, then continue with: "
+                              f"{shlex.join(resume_command(plan.folder))}") from None
+        report_html = write_report_page(outcome.sweep_dir, out)
     best, confirmed = chosen(outcome.table)
     statuses = outcome.table.column("status").to_pylist()
     settings = row_settings(best, outcome.table, confirmed.seeds if confirmed else None) if best else None

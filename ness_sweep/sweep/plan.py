@@ -13,13 +13,10 @@ import json
 import math
 import os
 import socket
-import tempfile
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-import pyarrow.fs as pafs
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -33,6 +30,7 @@ from ..metrics import NATURAL_MODE, TEST, VALID, on_split
 from ..selection import fresh_seeds
 from .code import check_code, code_options
 from .columns import column_types
+from .lock import check_not_running, check_writable, name_candidates, taken
 from .space import SearchSpace, known_spaces, load_space, space_from_record
 
 
@@ -262,6 +260,7 @@ def resume_plan(args: List[str], overrides: DictConfig) -> SweepPlan:
     folder = results.SweepFolder(output_dir, str(name))
     if "/" in folder.name or not folder.exists():
         raise UserError(f"resume=true: no sweep {name} in {output_dir} to resume")
+    check_not_running(folder)
     if not folder.exists(folder.PLAN):
         raise UserError(f"resume=true: {folder.location} has no {folder.PLAN} (started by an older ness_sweep, "
                         "or not a sweep folder): its plan is unknown, so it cannot be continued safely")
@@ -304,31 +303,6 @@ def write_plan(plan: SweepPlan) -> None:
     text = ("# The plan this sweep started with; `resume=true sweep.name=NAME` continues exactly this plan.\n"
             + OmegaConf.to_yaml(OmegaConf.create(plan.record())))
     results.write_atomically(plan.folder.filesystem, plan.folder.path(plan.folder.PLAN), text.encode())
-
-
-def check_writable(output_dir: str, name: str) -> None:
-    """The sweep folder can be made and written: checked by making (and removing) a probe in the nearest
-    folder that exists, so a bad ``output_dir`` or ``sweep.name`` fails before Ray starts and leaves nothing."""
-    fs, root = results.filesystem_and_path(output_dir)
-    if not isinstance(fs, pafs.LocalFileSystem):
-        return
-    target = Path(root) / name
-    existing = target
-    while not existing.exists():
-        existing = existing.parent
-    if not existing.is_dir():
-        raise UserError(f"output_dir={output_dir}: {existing} is a file, not a folder")
-    longest = os.pathconf(existing, "PC_NAME_MAX")
-    for part in target.relative_to(existing).parts:
-        if len(part.encode()) > longest:
-            key = "sweep.name" if part == name else "output_dir"
-            raise UserError(f"{key}: {part[:40]}... is {len(part.encode())} bytes long; names here may have "
-                              f"at most {longest}")
-    try:
-        tempfile.TemporaryDirectory(dir=existing, prefix=".ness_sweep-probe-").cleanup()
-    except OSError as error:
-        raise UserError(f"output_dir={output_dir}: cannot create folders in {existing} "
-                          f"({error.strerror or first_line(error)})") from None
 
 
 def _checked(check: Callable[[], Any], where: str) -> None:
@@ -390,15 +364,10 @@ def _sweep_name(plan: SweepPlan, now: datetime) -> str:
         if "/" in name or name in (".", ".."):
             raise UserError(f"sweep.name={name}: must be a plain name, not a path")
         if results.exists(fs, f"{root}/{name}"):
-            raise UserError(f"sweep.name={name}: {cfg.output_dir}/{name} exists; pick another name, "
-                              "or resume=true to continue it")
+            raise taken(results.SweepFolder(str(cfg.output_dir), name))
         return name
-    name = f"{plan.space.name}-{now:%Y%m%d-%H%M%S}"
-    candidate, n = name, 1
-    while results.exists(fs, f"{root}/{candidate}"):
-        n += 1
-        candidate = f"{name}-{n}"
-    return candidate
+    automatic = f"{plan.space.name}-{now:%Y%m%d-%H%M%S}"  # the claim moves on if a driver takes it meanwhile
+    return next(name for name in name_candidates(automatic) if not results.exists(fs, f"{root}/{name}"))
 
 
 def machine_cpus() -> int:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 from urllib.parse import urlparse
 
+import pyarrow as pa
 import pyarrow.fs as pafs
 from omegaconf import DictConfig
 from PIL import Image, ImageDraw, ImageFont
@@ -227,9 +228,13 @@ class WandbRuns(tune.Callback):
     def on_experiment_end(self, trials, **info):
         for trial in trials:
             self._finish(trial, Status.UNFINISHED)
-        recorded = results.read_table(self.plan.sweep_dir).column("trial_id").to_pylist()  # the other stage's too
+        try:
+            table = results.read_table(self.plan.sweep_dir)
+        except (OSError, UserError):  # the driver could not write it, and stops the sweep saying so
+            return
+        recorded = table.column("trial_id").to_pylist()  # the other stage's too
         self.remove_orphans({trial.trial_id for trial in trials} | set(recorded))
-        self.log_results_table()
+        self.log_results_table(table)
 
     def remove_orphans(self, trial_ids) -> None:
         """Offline runs of trials that Tune no longer knows: a driver killed before Tune saved its state
@@ -242,10 +247,9 @@ class WandbRuns(tune.Callback):
             if not any(folder.name.endswith(f"-{key}") for key in keep):
                 shutil.rmtree(folder)
 
-    def log_results_table(self) -> None:
+    def log_results_table(self, table: pa.Table) -> None:
         """The sweep-level run: every trial's config columns, status and final metrics in one table,
         with ACC against BWT as a scatter plot."""
-        table = results.read_table(self.plan.sweep_dir)
         meta = results.sweep_metadata(table)
         columns = ["trial_id", "status", *meta["config_columns"], *TABLE_METRICS]
         rows = [[row[c] for c in columns] for row in table.to_pylist()]

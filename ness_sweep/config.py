@@ -10,6 +10,7 @@ from __future__ import annotations
 import copyreg
 import dataclasses
 import functools
+import json
 import math
 import os
 import re
@@ -188,14 +189,18 @@ class SweepConfig(RunConfig):
 
 
 def parse_overrides(args: List[str]) -> DictConfig:
-    """``key=value`` strings to a nested config; values parse as YAML (``seeds=[1,2]``, ``rank=null``)."""
+    """``key=value`` strings to a nested config; values parse as YAML (``seeds=[1,2]``, ``rank=null``); a key
+    given twice takes the last value, as on a command line that appends an override to a rerun line."""
     for arg in args:
+        if not isinstance(arg, str):
+            raise UserError(f"argument {arg!r} is of type {type(arg).__name__}, not a key=value string; give "
+                            "settings as strings such as 'train.lr=0.1' or as keyword arguments (train={'lr': 0.1})")
         if "=" not in arg or not re.fullmatch(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*", arg.partition("=")[0]):
             raise UserError(f"argument {arg!r}: expected key=value with a dotted key such as train.lr "
                               "(see --help for the keys)")
     try:
         return OmegaConf.from_dotlist(list(args))
-    except OmegaConfBaseException as error:
+    except Exception as error:  # OmegaConf's errors and YAML's syntax errors, which come in many types
         raise UserError(f"could not parse arguments: {first_line(error)}") from None
 
 
@@ -252,10 +257,24 @@ def load_sweep_config(args: List[str], groups: MethodGroups, base: Optional[List
                       searched_methods: Sequence[str] = ()) -> DictConfig:
     """A sweep's settings from the command line over ``base`` (its space's fixed values and sweep defaults);
     ``searched_methods``: the options of a searched ``method``, whose groups the sweep holds instead."""
-    cfg = layered(SweepConfig, parse_overrides(args), groups, base, searched_methods)
+    overrides = parse_overrides(args)
+    given = OmegaConf.to_container(overrides)
+    for key in sorted(set(RUN_ONLY_KEYS) & set(given)):
+        raise UserError(f"{key}={argument_value(given[key])}: {run_only(key)}")
+    cfg = layered(SweepConfig, overrides, groups, base, searched_methods)
     validate_run(cfg)
     validate_sweep(cfg)
     return cfg
+
+
+# Keys of one run (``python -m ness_sweep.train``) that a sweep has no use for, with what a sweep takes instead.
+RUN_ONLY_KEYS = {"output": "a sweep writes its results under output_dir=DIR",
+                 "seeds": "a sweep's trials each run every seed of trial.seeds=[...]"}
+
+
+def run_only(key: str) -> str:
+    """Why a sweep refuses one of ``RUN_ONLY_KEYS``, and what to give instead."""
+    return f"a setting of one run (python -m ness_sweep.train), not of a sweep; {RUN_ONLY_KEYS[key]}"
 
 
 def _require(ok: bool, key: str, value: Any, valid: str) -> None:
@@ -277,7 +296,8 @@ def validate_run(cfg: DictConfig) -> None:
     t = cfg.train
     _require(t.epochs >= 1, "train.epochs", t.epochs, "must be >= 1")
     _require(t.lr > 0, "train.lr", t.lr, "must be > 0")
-    _require(t.batch_size >= 1, "train.batch_size", t.batch_size, "must be >= 1")
+    _require(t.batch_size >= 2, "train.batch_size", t.batch_size,
+             "must be >= 2 (the trainer skips a batch of one sample: batch norm cannot normalise it)")
     _require(t.eval_batch_size >= 2, "train.eval_batch_size", t.eval_batch_size,
              "must be >= 2 (batch norm with batch statistics needs two samples)")
     _require(t.optimizer in OPTIMIZERS, "train.optimizer", t.optimizer, f"must be one of {', '.join(OPTIMIZERS)}")
@@ -416,21 +436,46 @@ def unflatten(dotted: dict) -> dict:
 
 def argument_value(value: Any) -> str:
     """A value as ``key=value`` writes it so that the command line parses it back to the same value and type
-    (floats keep every digit)."""
+    (floats keep every digit; a string that YAML would read as something else, ``"0.5"`` or ``"null"``, quoted)."""
     if value is None:
         return "null"
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, float):
-        return repr(value)
+        return repr(float(value))  # numpy's floats print as np.float64(...)
     if isinstance(value, (list, tuple)):
         return "[" + ",".join(argument_value(v) for v in value) + "]"
+    if isinstance(value, os.PathLike):
+        value = os.fspath(value)
+    if isinstance(value, str) and not _reads_back(value):
+        return json.dumps(value, ensure_ascii=False)  # a YAML double-quoted string
     return str(value)
 
 
-def arguments(settings: dict) -> List[str]:
-    """Keyword settings (nested dicts or dotted keys) as the command line's ``key=value`` strings."""
-    return [f"{key}={argument_value(value)}" for key, value in flatten(settings).items()]
+@functools.lru_cache(maxsize=1024)  # a table's rows repeat their strings (benchmark, method, ...); a parse is slow
+def _reads_back(text: str) -> bool:
+    """``key=text`` parses back to the string ``text`` itself."""
+    try:
+        return OmegaConf.to_container(OmegaConf.from_dotlist([f"value={text}"]))["value"] == text
+    except Exception:  # not valid YAML ("[1, 2"): OmegaConf's errors and YAML's, which come in many types
+        return False
+
+
+def arguments(settings: dict, given: Sequence[str] = ()) -> List[str]:
+    """Keyword settings (nested dicts or dotted keys) of the Python API as the command line's ``key=value``
+    strings, to follow the ``key=value`` strings ``given`` beside them. A key that two keywords set
+    (``train={"lr": 0.1}`` and ``**{"train.lr": 0.2}``), or a keyword and a string, to different values is
+    refused: a call has no order of overrides to say which one wins."""
+    written = [f"{key}={argument_value(value)}" for name, tree in settings.items()
+               for key, value in flatten({name: tree}).items()]
+    seen = flatten(OmegaConf.to_container(parse_overrides(list(given))))
+    for argument in written:
+        for key, value in flatten(OmegaConf.to_container(parse_overrides([argument]))).items():
+            if key in seen and seen[key] != value:
+                raise UserError(f"{key}: given twice, as {argument_value(seen[key])} and {argument_value(value)}; "
+                                "give each key once")
+            seen[key] = value
+    return written
 
 
 def layered(schema: type, overrides: DictConfig, groups: MethodGroups, base: Optional[List[Any]] = None,

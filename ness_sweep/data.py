@@ -23,6 +23,8 @@ class Task:
 
     Inputs are float32, or uint8 (scaled to [0, 1], then normalised by ``mean`` / ``std`` if given), each
     split N × ``TaskStream.input_shape``; labels are int64 of length N. The task id is the position in the stream.
+    ``benchmarks.check_task_stream`` holds every loaded task to this: finite inputs, labels in 0..num_classes-1,
+    no std of (nearly) zero.
     """
 
     name: str

@@ -25,7 +25,8 @@ from .benchmarks import check_benchmark, stream_for
 from .config import UserError, RunConfig, arguments, help_text, load_run_config, resolved
 from .methods import check_fits, check_run, groups_help, make_trainer, method_groups, registered_names
 from .metrics import FINAL, VALID, mean_std, on_split
-from .models import check_model
+from .models import build_model, check_model, model_label
+from .user_code import check_model_trains
 
 USAGE = """usage: python -m ness_sweep.train [key=value ...]
 
@@ -86,8 +87,10 @@ def train(*args: str, out: Optional[Callable[[str], None]] = print, **settings: 
     downloaded or written. A diverging loss raises ``FloatingPointError``. ``out`` receives the progress
     lines (per epoch, per task, per seed); ``out=None`` trains silently. Writes ``output=`` when given.
     """
+    if out is not None and not callable(out):
+        raise UserError(f"out={out!r}: must be a function that takes each progress line (such as print), or None")
     say = out or (lambda line: None)
-    cfg = load_run_config([*args, *arguments(settings)], groups=method_groups)
+    cfg = load_run_config([*args, *arguments(settings, args)], groups=method_groups)
     check_benchmark(cfg.benchmark)
     check_model(cfg.model)
     check_run(cfg)
@@ -97,6 +100,8 @@ def train(*args: str, out: Optional[Callable[[str], None]] = print, **settings: 
     seeds = list(cfg.seeds) if cfg.seeds is not None else [cfg.seed]
     first_stream = stream_for(cfg, seeds[0])
     check_fits(cfg, first_stream)
+    check_model_trains(build_model(cfg.model, first_stream), first_stream, cfg.train.batch_size,
+                       model_label(cfg, first_stream))
     runs = []
     for i, seed in enumerate(seeds):
         say(f"== {cfg.method} on {cfg.benchmark}, seed {seed}")

@@ -3,7 +3,8 @@
 ``benchmark=my_pkg.streams:make_stream`` imports ``my_pkg.streams`` with importlib and takes its
 ``make_stream``. The working directory is importable, as under ``python -m``, so a ``my_streams.py`` next to
 where the command runs is found; on a Ray cluster the sweep ships it through ``runtime_env``. Every way an
-import path can be wrong is one ``UserError`` line naming it and what would be valid.
+import path can be wrong is one ``UserError`` line naming it and what would be valid, and so is a model that
+cannot take one training step (``check_model_trains``).
 """
 
 from __future__ import annotations
@@ -19,9 +20,13 @@ import sysconfig
 import traceback
 from pathlib import Path
 from types import ModuleType
-from typing import Callable, Iterable, List, Mapping, Sequence
+from typing import Callable, Iterable, List, Mapping, Optional, Sequence
+
+import torch.nn.functional as F
+from torch import Tensor, nn
 
 from .config import UserError
+from .data import TaskStream
 
 IMPORT_PATH = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
 
@@ -67,6 +72,10 @@ def _import(key: str, name: str, module_name: str) -> ModuleType:
         raise UserError(f"{key}={name}: importing {module_name} failed: {describe(error)}") from None
     except Exception as error:  # the user's module fails while it runs: syntax, names, its own imports
         raise UserError(f"{key}={name}: importing {module_name} failed: {describe(error)}") from None
+    except (SystemExit, KeyboardInterrupt) as error:  # a script's sys.exit() would end the run silently
+        raise UserError(f"{key}={name}: importing {module_name} tries to end the program ({describe(error)}); "
+                        "a module that ness_sweep imports must not exit: guard a script's own code with "
+                        "`if __name__ == \"__main__\":`") from None
 
 
 def _working_directory_importable() -> str:
@@ -103,6 +112,37 @@ def _check_call(key: str, name: str, function: Callable, params: Sequence[str], 
     except TypeError:
         raise UserError(f"{key}={name}: takes {signature}, but is called as ({', '.join(params)}); "
                         f"it must be a {call}") from None
+
+
+def check_model_trains(model: nn.Module, stream: TaskStream, batch_size: int, named: str) -> None:
+    """One training step of a freshly built ``model`` (``named``: ``model=NAME`` as errors name it) before any
+    work: a model that fails only in train mode or on batches larger than the two samples the contract check
+    runs, returns logits that are not floating point, or has nothing to train is one ``UserError`` line here,
+    not a crash (or a diverged record) in every run. The model is left with gradients: build a new one to train."""
+    problem = training_step_problem(model, stream, batch_size)
+    if problem:
+        raise UserError(f"{named}: {problem}")
+
+
+def training_step_problem(model: nn.Module, stream: TaskStream, batch_size: int) -> Optional[str]:
+    """Why a training step (train mode, the first ``batch_size`` training samples of the first task, cross-entropy,
+    backward) fails, or None."""
+    if not any(parameter.requires_grad for parameter in model.parameters()):
+        return "has no parameters that require gradients; there is nothing to train"
+    task = stream.tasks[0]
+    x, y = task.inputs(task.x_train[:batch_size]), task.y_train[:batch_size]
+    wanted = (len(y), task.num_classes)
+    model.train()
+    try:
+        out = model(x, 0)
+        if not isinstance(out, Tensor) or not out.is_floating_point() or tuple(out.shape) != wanted:
+            got = f"{out.dtype} {tuple(out.shape)}" if isinstance(out, Tensor) else f"a {type(out).__name__}"
+            return (f"in train mode, forward(x, 0) on a batch of {len(y)} gives {got}; training needs "
+                    f"floating-point logits of shape {wanted}")
+        F.cross_entropy(out, y).backward()
+    except Exception as error:  # the model's own code fails: how depends on it
+        return f"a training step (train mode, a batch of {len(y)} of task 0) fails: {describe(error)}"
+    return None
 
 
 def local_module_paths(names: Iterable[str]) -> List[str]:

@@ -6,6 +6,7 @@ import math
 import shutil
 import subprocess
 import sys
+import tracemalloc
 import zipfile
 from datetime import datetime
 from pathlib import Path
@@ -148,6 +149,9 @@ MALFORMED = [
     ("search: [train.lr]", ["search: must map at least one key"]),
     ("search: {train.lr: {uniform: [0.01, 0.1]}}\nsweep: {num_sample: 3}", ["sweep", "num_sample", "unknown key"]),
     ("search: {train.lr: {uniform: [0.01, 0.1]}", ["not valid YAML"]),
+    ("search: {train.lr: {uniform: [0.01, 0.1]}}\nfixed: {train: {lr: 0.5}}", ["train.lr", "both searched and fixed"]),
+    ("search: {train.lr: {uniform: [0.01, 0.1]}}\nfixed: {seeds: [1, 2]}", ["fixed.seeds", "trial.seeds=[...]"]),
+    ("search: {train.lr: {uniform: [0.01, 0.1]}}\nfixed: {output: r.json}", ["fixed.output", "output_dir"]),
 ]
 
 
@@ -161,6 +165,25 @@ def test_malformed_space_is_one_line_naming_the_entry(text, named, tmp_path):
     for part in named:
         assert part in message, message
     assert not (tmp_path / "out").exists()
+
+
+def test_a_searched_stream_key_is_counted_not_listed(tmp_path):
+    """A sweep loads one stream per value of a searched stream-shaping key (seed); their number is checked before
+    any is listed: planning over two million seeds allocates no list of them (MemoryError for 2**32)."""
+    path = write_space(tmp_path, "search: {seed: {int: [0, 1999999]}}\nsweep: {confirm_top: 0}")
+    with pytest.raises(UserError):  # the imports and caches of a first plan are not what is measured
+        plan_for(tmp_path, f"space={path}")
+    tracemalloc.start()
+    try:
+        with pytest.raises(UserError, match=r"\(seed\) give 2000000 task streams; a sweep holds at most 16"):
+            plan_for(tmp_path, f"space={path}")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 20e6, f"{peak / 1e6:.0f} MB"  # the list alone would hold 2 million ints: over 70 MB
+    path = write_space(tmp_path, "search: {seed: {int: [0, 4294967295]}}\nsweep: {confirm_top: 0}")
+    with pytest.raises(UserError, match=r"\(seed\) give 4294967296 task streams"):  # safe now: nothing is listed
+        plan_for(tmp_path, f"space={path}")
 
 
 def test_unknown_space_lists_the_known_ones(tmp_path, capsys):

@@ -5,11 +5,14 @@ A benchmark is a loader ``fn(data_root: Path, seed: int, valid_fraction: float, 
 loaders are listed in ``BENCHMARKS``, one import per module, no directory scanning; the modules import only
 the base types of ``ness_sweep.data`` and ``ness_sweep.config``. Any other benchmark is an import path
 ``module:function`` (``benchmark=my_pkg.streams:make_stream``) held to the same contract: ``check_benchmark``
-resolves it before any work, and ``load_stream`` checks every stream a loader returns.
+resolves it before any work, and ``load_stream`` checks every stream a loader returns (``check_task_stream``:
+types, shapes, label ranges, finite inputs, a normalisation that divides by no zero), the one place every
+benchmark's data passes through before training.
 """
 
 from __future__ import annotations
 
+import math
 import random
 from pathlib import Path
 from typing import Callable, Dict, Optional
@@ -88,7 +91,8 @@ def check_stream(stream: TaskStream, cfg, seed: int) -> None:
 
 def check_task_stream(stream: object, benchmark: str) -> None:
     """What a loader returned, held to the contract before any training: a wrong stream fails here, in one
-    line naming the benchmark, rather than deep inside the trainer."""
+    line naming the benchmark, the task and the split, rather than deep inside the trainer or as a diverged
+    record (NaN inputs). Cheap: one pass over the tensors already in memory."""
     problem = stream_problem(stream)
     if problem:
         raise UserError(f"benchmark={benchmark}: {problem}")
@@ -122,9 +126,40 @@ def task_problem(task: object, shape: tuple) -> Optional[str]:
         problem = split_problem(getattr(task, f"x_{part}"), getattr(task, f"y_{part}"), shape, task.num_classes)
         if problem:
             return f"x_{part}/y_{part}: {problem}"
-    if (task.mean is None) != (task.std is None):
+    return normalisation_problem(task.mean, task.std, shape[0])
+
+
+# A channel whose std is at most this share of its mean is constant to float32 precision (6e-8): normalising
+# would divide by zero, or blow rounding noise up to unit scale (a constant channel's std, measured in float64
+# as E[x^2] - mean^2, comes out near 1e-8 * mean rather than 0).
+CONSTANT_STD = 1e-6
+
+
+def normalisation_problem(mean: object, std: object, channels: int) -> Optional[str]:
+    """Why the per-channel ``mean`` / ``std`` that ``Task.inputs`` normalises by would not give finite, meaningful
+    inputs, or None: a std of (nearly) 0, a channel constant over the data it was measured on, divides by zero."""
+    if mean is None and std is None:
+        return None
+    if mean is None or std is None:
         return "mean and std: give both (per channel) or neither"
+    for name, stat in (("mean", mean), ("std", std)):
+        if not isinstance(stat, Tensor) or not stat.is_floating_point() or tuple(stat.shape) != (channels,):
+            got = f"{stat.dtype} {tuple(stat.shape)}" if isinstance(stat, Tensor) else type(stat).__name__
+            return f"{name} is {got}; expected a float tensor of {channels} values, one per channel"
+        if not bool(torch.isfinite(stat).all()):
+            return f"{name} is NaN or infinite in channel {channel_list(~torch.isfinite(stat))}; inputs would be NaN"
+    constant = std <= CONSTANT_STD * mean.abs()
+    if bool(constant.any()):
+        c = int(constant.nonzero()[0])
+        return (f"std is {std[c].item():.3g} (mean {mean[c].item():.3g}) in channel {channel_list(constant)}: the "
+                "input is constant there (or std is not positive), so normalising divides by (nearly) zero; give that "
+                "channel std 1")
     return None
+
+
+def channel_list(flags: Tensor) -> str:
+    """The flagged channels' indices, '0, 2' (of how many)."""
+    return f"{', '.join(str(int(c)) for c in flags.nonzero().flatten()[:10])} (of {len(flags)})"
 
 
 def split_problem(x: object, y: object, shape: tuple, num_classes: int) -> Optional[str]:
@@ -135,6 +170,12 @@ def split_problem(x: object, y: object, shape: tuple, num_classes: int) -> Optio
         return f"inputs are {x.dtype} {tuple(x.shape)}; expected float32 (or uint8) N x {' x '.join(map(str, shape))}"
     if y.dtype != torch.int64 or y.dim() != 1 or len(y) != len(x) or len(y) == 0:
         return f"labels are {y.dtype} {tuple(y.shape)}; expected int64 ({len(x)},) for {len(x)} inputs, at least one"
+    if x.is_floating_point():
+        low, high = torch.aminmax(x)  # one pass, no copy; NaN propagates to both
+        if not (math.isfinite(low) and math.isfinite(high)):
+            bad = ~torch.isfinite(x.reshape(len(x), -1)).all(dim=1)  # only on failure: which samples
+            return (f"inputs hold NaN or infinite values in {int(bad.sum())} of {len(x)} samples (the first at "
+                    f"index {int(bad.nonzero()[0])}); every input must be a finite number")
     if int(y.min()) < 0 or int(y.max()) >= num_classes:
         return f"labels span {int(y.min())}..{int(y.max())}; expected 0..{num_classes - 1} (num_classes={num_classes})"
     return None

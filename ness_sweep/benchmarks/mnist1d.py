@@ -98,6 +98,7 @@ def check_arrays(arrays: Dict[str, np.ndarray], length: int) -> None:
         x, y = arrays[f"x_{part}"], arrays[f"y_{part}"]
         expect(x.dtype == np.float32 and x.ndim == 2 and x.shape[1] == length,
                f"x_{part} is {x.dtype} {x.shape}, not float32 N x {length}")
+        expect(bool(np.isfinite(x).all()), f"x_{part} holds NaN or infinite values")
         expect(y.dtype == np.int64 and y.shape == (len(x),), f"y_{part} is {y.dtype} {y.shape}, not int64 ({len(x)},)")
         expect(len(y) > 0 and 0 <= y.min() and y.max() < NUM_CLASSES, f"y_{part} has labels outside 0..{NUM_CLASSES - 1}")
 

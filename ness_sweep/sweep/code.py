@@ -8,7 +8,6 @@ bad name is one line, not an error in every trial; the model is built on each st
 
 from __future__ import annotations
 
-import itertools
 from typing import Any, Dict, Iterable, List, Tuple
 
 from omegaconf import DictConfig
@@ -17,8 +16,8 @@ from ..benchmarks import check_benchmark
 from ..config import resolved
 from ..data import TaskStream
 from ..methods import check_fits, check_method, run_config
-from ..models import check_model
-from ..user_code import local_module_paths
+from ..models import build_model, check_model, model_label
+from ..user_code import check_model_trains, local_module_paths
 
 CODE_KEYS = ("benchmark", "model", "method")
 
@@ -41,12 +40,18 @@ def check_code(cfg: DictConfig, search: Dict[str, Any]) -> None:
 
 def check_models_fit(variants: Iterable[Tuple[DictConfig, TaskStream]], search: Dict[str, Any]) -> None:
     """Build each model option on each loaded stream (a run config that makes it, and the stream) and run two
-    samples of every task through it, under each method, before Ray starts: a model that cannot take a
-    benchmark's inputs is one line, not an error in every trial."""
+    samples of every task through it, under each method, then one training step on the largest batch a trial
+    may use, before Ray starts: a model that cannot take a benchmark's inputs, or cannot train, is one line,
+    not an error in every trial."""
     for cfg, stream in variants:
         options = code_options(cfg, search)
-        for model, method in itertools.product(options["model"], options["method"]):
-            check_fits(run_config(resolved(cfg), {"model": model, "method": method}), stream)
+        searched = search.get("train.batch_size")
+        batch_size = int(max(searched.values)) if searched else cfg.train.batch_size
+        for model in options["model"]:
+            for method in options["method"]:
+                run = run_config(resolved(cfg), {"model": model, "method": method})
+                check_fits(run, stream)
+            check_model_trains(build_model(model, stream), stream, batch_size, model_label(run, stream))
 
 
 def shipped_modules(cfg: DictConfig, search: Dict[str, Any], streams: Iterable[TaskStream]) -> List[str]:

@@ -53,7 +53,7 @@ def sweep(*args: str, out: Callable[[str], None] = print, **settings: Any) -> Op
     same sweep folder is refused (``UserError`` naming its host and PID). A file of the folder that cannot be
     written (disk full, a folder in the way) stops the sweep with ``results.WriteFailed``, a ``UserError`` naming
     the file and the command that continues the sweep; no trial is marked failed for it."""
-    argv = [*args, *arguments(settings)]
+    argv = [*args, *arguments(settings, args)]
     environment.bind_ray_to_loopback(parse_overrides(argv).get("ray", {}).get("address"))
     from ..report import chosen, row_settings, write_best_config, write_report_page
     from .plan import build_plan

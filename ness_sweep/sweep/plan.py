@@ -427,18 +427,19 @@ def stream_variants(plan: SweepPlan) -> Dict[str, Tuple[DictConfig, int]]:
     every integer of an int range. A continuous distribution over such a key would need a new stream per
     trial, and more than ``MAX_STREAMS`` streams would crowd the object store: both are refused.
     """
-    options = {}
+    shaping = {}
     for key, dist in plan.space.search.items():
         if key not in STREAM_KEYS:
             continue
         if dist.kind in ("uniform", "loguniform"):
             raise UserError(f"{plan.space.source}: search.{key}: {key} shapes the task stream, which the driver "
                               f"loads once per value; search it with choice (or int), not {dist.kind}")
-        options[key] = list(range(dist.values[0], dist.values[1] + 1)) if dist.kind == "int" else list(dist.values)
-    count = math.prod(len(values) for values in options.values()) * len(plan.seeds or [None])
+        shaping[key] = dist
+    count = math.prod(dist.size for dist in shaping.values()) * len(plan.seeds or [None])
     if count > MAX_STREAMS:
-        raise UserError(f"{plan.space.source}: the searched stream-shaping keys ({', '.join(options)}) give {count} "
+        raise UserError(f"{plan.space.source}: the searched stream-shaping keys ({', '.join(shaping)}) give {count} "
                           f"task streams; a sweep holds at most {MAX_STREAMS}: search fewer values")
+    options = {key: dist.options() for key, dist in shaping.items()}  # counted first: listed only when few
     variants = {}
     for combo in itertools.product(*options.values()):
         cfg = trial_run_config(plan.run_settings(), dict(zip(options, combo)))

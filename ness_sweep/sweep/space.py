@@ -8,11 +8,11 @@ import os
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from omegaconf import OmegaConf
 
-from ..config import UserError, first_line, flatten
+from ..config import RUN_ONLY_KEYS, UserError, first_line, flatten, run_only
 
 
 DISTRIBUTIONS = ("loguniform", "uniform", "int", "choice")
@@ -27,6 +27,18 @@ class Distribution:
 
     kind: str  # one of DISTRIBUTIONS
     values: Tuple[Any, ...]  # (low, high) for loguniform / uniform / int (inclusive); the options for choice
+
+    @property
+    def size(self) -> Optional[int]:
+        """How many values a search may give: choice's options, an int range's integers (counted, never listed:
+        ``seed: {int: [0, 4294967295]}`` is four billion), None for a continuous distribution."""
+        if self.kind == "choice":
+            return len(self.values)
+        return self.values[1] - self.values[0] + 1 if self.kind == "int" else None
+
+    def options(self) -> List[Any]:
+        """Every value a search may give (choice and int only); check ``size`` first: an int range is listed whole."""
+        return list(range(self.values[0], self.values[1] + 1)) if self.kind == "int" else list(self.values)
 
     def to_optuna(self):
         """Optuna's distribution (Optuna imported here: reading a space needs no Optuna)."""
@@ -95,12 +107,21 @@ def parse_space(raw: Any, source: str, name: str) -> SearchSpace:
     for section in ("fixed", "sweep"):
         if not isinstance(raw.get(section) or {}, dict):
             raise UserError(f"{source}: {section}: must be a mapping of key: value")
+    fixed = flatten(raw.get("fixed") or {})
+    for section, keys in (("search", search), ("fixed", fixed)):
+        for key in keys:
+            if key in RUN_ONLY_KEYS:
+                raise UserError(f"{source}: {section}.{key}: {run_only(key)}")
+    both = [key for key in search if key in fixed]
+    if both:
+        raise UserError(f"{source}: {', '.join(both)}: both searched and fixed; a key is either searched (search) "
+                        "or fixed (fixed): drop it from one of them")
     return SearchSpace(
         name=name,
         source=source,
         description=str(raw.get("description") or ""),
         search={key: parse_distribution(spec, f"{source}: search.{key}") for key, spec in search.items()},
-        fixed=flatten(raw.get("fixed") or {}),
+        fixed=fixed,
         sweep=dict(raw.get("sweep") or {}),
     )
 

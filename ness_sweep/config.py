@@ -324,7 +324,8 @@ def validate_groups(cfg: DictConfig) -> None:
                      "must be an integer count, a fraction in (0, 1], or null")
             _require(rank >= 0, "ness.rank", rank, "must be >= 0 (an integer count or a fraction of the layer width)")
             if isinstance(rank, float):
-                _require(rank <= 1, "ness.rank", rank, "a float rank is a fraction of the layer width: must be in [0, 1]")
+                _require(rank <= 1, "ness.rank", rank,
+                         "a float rank is a fraction of the layer width: must be in [0, 1]")
         _require(n.threshold is not None or rank is not None, "ness.threshold", None,
                  "threshold and rank cannot both be null: set at least one")
     for group in ("gpm", "sgp"):
@@ -493,7 +494,8 @@ def layered(schema: type, overrides: DictConfig, groups: MethodGroups, base: Opt
     for layer in [*layers, overrides]:
         for group in set(others) & set(layer):
             value = layer[group]
-            key = next(iter(flatten({group: OmegaConf.to_container(value) if OmegaConf.is_config(value) else value})), group)
+            key = next(iter(flatten({group: OmegaConf.to_container(value) if OmegaConf.is_config(value) else value})),
+                       group)
             raise UserError(f"{key}: a setting of method={others[group]}, and this run's method is "
                             f"{' or '.join(methods)}; drop it, or set method={others[group]}")
     schema = with_groups(schema, own)

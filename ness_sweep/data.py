@@ -65,7 +65,8 @@ class TaskStream:
     meta: Dict[str, object] = field(default_factory=dict)
 
     def to(self, device: torch.device) -> "TaskStream":
-        return TaskStream(self.name, [t.to(device) for t in self.tasks], self.input_shape, self.default_model, self.meta)
+        return TaskStream(self.name, [t.to(device) for t in self.tasks], self.input_shape, self.default_model,
+                          self.meta)
 
 
 def in_batches(x: Tensor, size: int) -> Tuple[Tensor, ...]:

@@ -29,8 +29,19 @@ from .config import UserError, argument_value, first_line, flatten, unflatten
 from .methods import shipped_schema
 from .metrics import FINAL, TEST
 from .report_input import USAGE, find_trial, parse_arguments, read_sweep
-from .results import Stage, Status, SweepFolder, best_rows, config_columns, filesystem_and_path, pareto_front, ranked, \
-    stage_rows, sweep_metadata, write_atomically
+from .results import (
+    Stage,
+    Status,
+    SweepFolder,
+    best_rows,
+    config_columns,
+    filesystem_and_path,
+    pareto_front,
+    ranked,
+    stage_rows,
+    sweep_metadata,
+    write_atomically,
+)
 from .selection import HEADLINE_METRICS, Confirmed, confirmations, per_method, winner
 
 COMPARED_SETTINGS = ("benchmark", "method")  # sweeps that differ in these are shown so when compared
@@ -158,7 +169,8 @@ def sweep_header(table: pa.Table) -> List[str]:
     for TPE to act."""
     rows = table.to_pylist()
     search, reruns = stage_rows(rows, Stage.SEARCH), stage_rows(rows, Stage.CONFIRM)
-    line = f"sweep {sweep_metadata(table)['sweep']}: {len(search)} trials ({status_text([r['status'] for r in search])})"
+    line = (f"sweep {sweep_metadata(table)['sweep']}: {len(search)} trials "
+            f"({status_text([r['status'] for r in search])})")
     if reruns:
         line += f", {len(reruns)} confirmation runs ({status_text([r['status'] for r in reruns])})"
     note = random_search_note(len(search))
@@ -228,7 +240,8 @@ def compare(tables: Sequence[pa.Table], top: int = 5, labels: Optional[Sequence[
     metrics, modes = metas[0]["metrics"], metas[0]["modes"]
     for label, meta in zip(labels[1:], metas[1:]):
         if (meta["metrics"], meta["modes"]) != (metrics, modes):
-            raise UserError(f"{label}: objectives {_objectives(meta)} differ from {labels[0]}'s {_objectives(metas[0])}; "
+            raise UserError(f"{label}: objectives {_objectives(meta)} differ from "
+                            f"{labels[0]}'s {_objectives(metas[0])}; "
                             "compare sweeps of the same sweep.metric and sweep.mode")
     several = len(tables) > 1
     table_of = dict(zip(labels, tables))
@@ -257,7 +270,8 @@ def compare(tables: Sequence[pa.Table], top: int = 5, labels: Optional[Sequence[
         lines.append(f"  # {where}trial {row['trial_id']}: {scores}")
         lines.append(f"  {train_command(row, table_of[row['sweep']])}")
     if not several:
-        lines.append("  (the search's numbers, not confirmed on fresh seeds: the best of many noisy draws is optimistic)")
+        lines.append("  (the search's numbers, not confirmed on fresh seeds: "
+                     "the best of many noisy draws is optimistic)")
     return "\n".join(lines)
 
 
@@ -314,7 +328,8 @@ def confirmation_lines(table: pa.Table) -> List[str]:
              "(search: the trial's own numbers; confirmed: mean ± std over the reruns)"]
     lines += _aligned(*confirmation_table(rows, meta))
     if meta.get("by_method"):
-        lines.append(f"methods compared (the same trials each; each its best by {objective}, confirmed on fresh seeds):")
+        lines.append(f"methods compared (the same trials each; each its best by {objective}, "
+                     "confirmed on fresh seeds):")
         lines += _aligned(*method_table(rows, metrics, modes))
     best = winner(rows, metrics, modes)
     if best is None:

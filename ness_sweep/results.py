@@ -20,6 +20,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
+
 from .config import UserError, first_line
 from .metrics import FINAL, TEST, VALID, on_split
 
@@ -136,7 +137,8 @@ METRIC_COLUMNS = [
     ("acc_seen_per_task", pa.list_(pa.float64())),  # acc_seen after each finished task
     ("valid_acc_seen", pa.float64()),
     ("valid_acc_seen_per_task", pa.list_(pa.float64())),  # what ASHA decides on: where it stopped a trial
-    *[(on_split(metric, split) + std, pa.float64()) for split in (TEST, VALID) for metric in FINAL for std in ("", "_std")],
+    *[(on_split(metric, split) + std, pa.float64())
+      for split in (TEST, VALID) for metric in FINAL for std in ("", "_std")],
     ("acc_matrix", pa.list_(pa.list_(pa.float64()))),  # R[i][j], null above the diagonal
     ("valid_acc_matrix", pa.list_(pa.list_(pa.float64()))),
     ("diagnostics", pa.list_(pa.map_(pa.string(), pa.float64()))),  # per task, the method's numbers (first seed's)

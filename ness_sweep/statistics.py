@@ -28,7 +28,8 @@ def check_adaptable(layer: nn.Module, name: str = "layer") -> None:
     kind = type(layer).__name__
     if isinstance(layer, CONVOLUTIONS):
         if layer.groups != 1:
-            raise ValueError(f"{name}: {kind} with groups={layer.groups} has no well-defined input rows (groups must be 1)")
+            raise ValueError(f"{name}: {kind} with groups={layer.groups} has no well-defined input rows "
+                             "(groups must be 1)")
         if isinstance(layer.padding, str) or layer.padding_mode != "zeros":
             raise ValueError(f"{name}: {kind} needs integer zero padding (got padding={layer.padding!r}, "
                              f"padding_mode={layer.padding_mode!r})")

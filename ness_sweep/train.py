@@ -1,10 +1,10 @@
 """One run of a method without Ray: ``python -m ness_sweep.train [key=value ...]``.
 
 Prints progress per epoch and task, then the accuracy matrix, ACC, BWT, forgetting and the method's
-per-task diagnostics (NESS: the rank chosen per layer); ``output=PATH`` writes the result as JSON. ``seeds=[1,2,3]`` runs the seeds in turn
-and reports mean ± std. ``threads`` pins torch's CPU threads, so a run reruns to the same digits.
-Bad input exits with code 2 before any work starts (nothing trained, nothing written); a run whose
-loss diverges ends with one line and exit code 1.
+per-task diagnostics (NESS: the rank chosen per layer); ``output=PATH`` writes the result as JSON.
+``seeds=[1,2,3]`` runs the seeds in turn and reports mean ± std. ``threads`` pins torch's CPU threads, so a run
+reruns to the same digits. Bad input exits with code 2 before any work starts (nothing trained, nothing written);
+a run whose loss diverges ends with one line and exit code 1.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import torch
 
 from . import callable_module
 from .benchmarks import check_benchmark, stream_for
-from .config import UserError, RunConfig, arguments, help_text, load_run_config, resolved
+from .config import RunConfig, UserError, arguments, help_text, load_run_config, resolved
 from .methods import check_fits, check_run, groups_help, make_trainer, method_groups, registered_names
 from .metrics import FINAL, VALID, mean_std, on_split
 from .models import build_model, check_model, model_label
@@ -133,7 +133,8 @@ def format_matrix(matrix) -> str:
 
 def format_diagnostics(diagnostics: List[dict]) -> str:
     """The method's per-task numbers, one line per task that has any (none for fine-tuning)."""
-    lines = [f"  task {i + 1}: " + ", ".join(f"{k}={v:g}" for k, v in d.items()) for i, d in enumerate(diagnostics) if d]
+    lines = [f"  task {i + 1}: " + ", ".join(f"{k}={v:g}" for k, v in d.items())
+             for i, d in enumerate(diagnostics) if d]
     return "diagnostics per task\n" + "\n".join(lines) + "\n" if lines else ""
 
 

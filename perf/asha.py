@@ -63,7 +63,8 @@ def main(argv: Sequence[str]) -> int:
         seeds = [int(s) for s in options.get("seeds", "0,1,2").split(",")]
         graces = [int(g) for g in options.get("graces", "2,3,4").split(",")]
     except ValueError:
-        print("error: seeds= and graces= take comma-separated whole numbers (seeds=0,1,2 graces=2,3,4)", file=sys.stderr)
+        print("error: seeds= and graces= take comma-separated whole numbers (seeds=0,1,2 graces=2,3,4)",
+              file=sys.stderr)
         return 2
     space = options.get("space", "mnist1d")
     print(f"ASHA replayed on fifo sweeps of space={space}; seeds {seeds}; grace periods {graces}; "

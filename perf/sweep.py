@@ -36,9 +36,9 @@ os.environ.setdefault("WANDB_MODE", "offline")
 
 import torch  # noqa: E402
 
-from ness_sweep.sweep import dashboards, plan as planning, tuner  # noqa: E402
 from ness_sweep.benchmarks import stream_for  # noqa: E402
 from ness_sweep.methods import make_trainer  # noqa: E402
+from ness_sweep.sweep import dashboards, plan as planning, tuner  # noqa: E402
 
 
 def timed_sweep(args, output_dir, name):
@@ -98,8 +98,8 @@ def json_logger_cost(args, trials: int) -> None:
             _, _, runs[label] = timed_sweep([*args, "wandb.mode=disabled"], scratch, f"run{len(runs)}")
             progress(f"{label}: {runs[label]}")
     tuner._tuner = plain_tuner
-    print(f"{trials} trials, {runs['JSON logger (default)']['concurrency']} at a time, W&B disabled; driver time in the JSON "
-          f"logger's hooks: {spent['all'] / (2 * trials):.4f} s a trial")
+    print(f"{trials} trials, {runs['JSON logger (default)']['concurrency']} at a time, W&B disabled; "
+          f"driver time in the JSON logger's hooks: {spent['all'] / (2 * trials):.4f} s a trial")
     print()
     print("| run | wall time (s) | wall per trial (s) | framework overhead per trial (s) |")
     print("|---|---:|---:|---:|")
@@ -142,7 +142,8 @@ def live_progress_cost(args, trials: int) -> None:
           f"{compute('30 s') / compute('off') - 1:+.1%} at the default 30 s, "
           f"{compute('0.2 s') / compute('off') - 1:+.1%} at 0.2 s")
     print()
-    print("| run | wall time (s) | Σ trial compute (s) | trial compute per trial (s) | framework overhead per trial (s) |")
+    print("| run | wall time (s) | Σ trial compute (s) | trial compute per trial (s) "
+          "| framework overhead per trial (s) |")
     print("|---|---:|---:|---:|---:|")
     for label, run in runs.items():
         print(f"| {label} | {run['wall']:.1f} | {run['compute']:.1f} | {run['compute'] / trials:.3f} | "

@@ -377,7 +377,8 @@ def evaluation_costs(name: str, stream: TaskStream, overrides: List[str], epochs
 
 def evaluation_section(cases: List[str], digits: TaskStream, epochs: int, device: torch.device) -> None:
     print(f"\n## Evaluation after every task: test and validation splits ({epochs} epochs per task, NESS, one run)")
-    print("| case | device | tasks | run s | test evaluation s | validation evaluation s | validation share of the run |")
+    print("| case | device | tasks | run s | test evaluation s | validation evaluation s "
+          "| validation share of the run |")
     print("|---|---|---|---|---|---|---|")
     for name, stream, overrides in model_cases(cases, digits):
         evaluation_costs(name, stream, overrides, epochs, device)

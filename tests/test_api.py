@@ -37,7 +37,8 @@ def test_train_returns_what_the_command_line_writes_and_runs_twice_in_one_proces
                            "train.epochs=2", "seeds=[0,1]", f"output={output}"], capture_output=True, text=True,
                           timeout=300, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
-    assert without_times(first.to_dict()) == without_times(json.loads(output.read_text()))  # the same numbers, matrices, diagnostics and settings as the command line's JSON
+    # the same numbers, matrices, diagnostics and settings as the command line's JSON
+    assert without_times(first.to_dict()) == without_times(json.loads(output.read_text()))
     assert first.acc == pytest.approx(sum(r["acc"] for r in first.runs) / 2)
     assert [r["seed"] for r in first.runs] == [0, 1]
 
@@ -63,7 +64,8 @@ def test_bad_settings_raise_before_any_work(settings, says, tmp_path):
 def test_sweep_returns_the_table_and_best_trial_twice_in_one_process(ray_session, tmp_path):
     found = []
     for name in ("first", "second"):
-        found.append(ness_sweep.sweep("space=smoke", sweep={"num_samples": 3, "scheduler": "fifo", "name": name, "confirm_top": 0},
+        found.append(ness_sweep.sweep("space=smoke",
+                                      sweep={"num_samples": 3, "scheduler": "fifo", "name": name, "confirm_top": 0},
                                       train={"epochs": 1}, output_dir=str(tmp_path), out=lambda line: None))
     for result, name in zip(found, ("first", "second")):
         assert isinstance(result.table, pa.Table) and result.table.num_rows == 3

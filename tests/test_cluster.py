@@ -23,7 +23,6 @@ from typing import Dict, List, Set, Tuple
 
 import pyarrow.parquet as pq
 import pytest
-
 from test_user_code import STREAMS
 
 REPO = Path(__file__).resolve().parent.parent

@@ -11,11 +11,11 @@ import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
+from test_optuna_study import assert_study_matches_table
 
 import ness_sweep
 from ness_sweep import report, results
 from ness_sweep.sweep import dashboards
-from test_optuna_study import assert_study_matches_table
 
 
 def sweep_command(*args):
@@ -204,7 +204,8 @@ def test_a_killed_driver_resumes_without_rerunning_finished_trials(tmp_path):
         assert (after["acc"], after["seconds"], after["acc_matrix"]) == (row["acc"], row["seconds"], row["acc_matrix"])
     assert_study_matches_table(sweep_dir)  # optuna.db: its COMPLETE trials are the finished rows, still
     recovered = next(r for r in rows if r["trial_id"] == garbled.parent.name)
-    assert f"{garbled.name} unreadable" in recovered["recovery"] and "continued from checkpoint_" in recovered["recovery"]
+    assert (f"{garbled.name} unreadable" in recovered["recovery"]
+            and "continued from checkpoint_" in recovered["recovery"])
 
     table = pq.read_table(results_file)
     for row in rows:  # every row, resumed or not, reruns to its numbers (its command's arguments, in this process)
@@ -239,14 +240,16 @@ def test_a_driver_killed_during_the_confirmation_resumes_it_without_rerunning_a_
         wait_for(lambda: reruns_done(), process)
     finally:
         kill_the_sweep(process, str(tmp_path))
-    before = {r["trial_id"]: (r["stage"], r["acc"], r["seconds"]) for r in rows_while_running(results_file) if r["status"] == "TERMINATED"}
+    before = {r["trial_id"]: (r["stage"], r["acc"], r["seconds"])
+              for r in rows_while_running(results_file) if r["status"] == "TERMINATED"}
     assert 1 <= sum(stage == "confirm" for stage, _, _ in before.values()) < 3
 
     resumed = subprocess.run(sweep_command("sweep.name=confirming", f"output_dir={tmp_path}", "resume=true"),
                              capture_output=True, text=True, env=environment(), timeout=300)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     after = results.read_table(str(results_file)).to_pylist()
-    assert {t: v for t, v in ((r["trial_id"], (r["stage"], r["acc"], r["seconds"])) for r in after) if t in before} == before
+    assert {t: v for t, v in ((r["trial_id"], (r["stage"], r["acc"], r["seconds"])) for r in after)
+            if t in before} == before
     search = [r for r in after if r["stage"] == "search"]
     reruns = [r for r in after if r["stage"] == "confirm"]
     assert len(search) == 2 and sorted(r["seeds"][0] for r in reruns) == [1, 2, 3]

@@ -17,9 +17,8 @@ from torch.overrides import TorchFunctionMode
 
 from ness_sweep import ness, statistics
 from ness_sweep.benchmarks import stream_for
-from ness_sweep.methods import load_run_config
 from ness_sweep.data import Task, TaskStream
-from ness_sweep.methods import make_trainer
+from ness_sweep.methods import load_run_config, make_trainer
 from ness_sweep.trainer import Trainer
 
 # Calls that make the host wait for the device: the value must be on the host before they return.

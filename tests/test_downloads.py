@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 import torch
 import torchvision.datasets
-
 from fake_data import write_fake_cifar100, write_fake_five_datasets
+
 from ness_sweep.benchmarks import load_stream
 from ness_sweep.config import UserError
 
@@ -45,7 +45,8 @@ class Archives:
                 except (BrokenPipeError, ConnectionResetError):
                     pass
 
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler, directory=str(folder)))
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0),
+                                                      functools.partial(Handler, directory=str(folder)))
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def url(self, name: str = "") -> str:
@@ -123,7 +124,8 @@ def test_five_datasets_downloads_only_what_is_missing(tmp_path, archives, monkey
 
     stream = load_stream("five_datasets", str(root), 0, 0.25, download=True)
 
-    assert set(archives.requests) == {f"/{name}" for name, _ in mnist_resources} | {"/train_32x32.mat", "/test_32x32.mat"}
+    assert set(archives.requests) == ({f"/{name}" for name, _ in mnist_resources}
+                                      | {"/train_32x32.mat", "/test_32x32.mat"})
     assert same_stream(stream, load_stream("five_datasets", str(source), 0, 0.25))
     assert not list(root.glob(".download-*")) and not list((root / "MNIST" / "raw").glob("*.gz"))
 

@@ -12,17 +12,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fake_data import write_fake_cifar100
 
 import ness_sweep
 import ness_sweep.train as train
 from ness_sweep import run
-from ness_sweep.benchmarks import load_stream
-from ness_sweep.benchmarks import mnist1d
+from ness_sweep.benchmarks import load_stream, mnist1d
 from ness_sweep.config import UserError, argument_value, arguments, parse_overrides
 from ness_sweep.methods import load_run_config
 from ness_sweep.sweep.code import check_models_fit
 from ness_sweep.sweep.space import Distribution
-from fake_data import write_fake_cifar100
 
 STREAMS = '''
 import torch

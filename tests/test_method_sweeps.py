@@ -81,7 +81,8 @@ def test_another_methods_key_on_the_sweep_command_line_is_refused(tmp_path):
 
 def test_a_sweep_over_methods_holds_each_group_and_gives_each_trial_its_own(tmp_path):
     space = write_space(tmp_path, "search:\n  method: {choice: [ness, gpm, finetune]}\n  train.lr: {choice: [0.05]}\n"
-                                  "  gpm.threshold: {uniform: [0.9, 0.99]}\n  ness.threshold: {loguniform: [0.001, 0.1]}\n")
+                                  "  gpm.threshold: {uniform: [0.9, 0.99]}\n"
+                                  "  ness.threshold: {loguniform: [0.001, 0.1]}\n")
     plan = planning.build_plan([f"space={space}", f"output_dir={tmp_path / 'out'}"])
     assert plan.method_groups() == {"ness": "ness", "gpm": "gpm", "finetune": None}
     settings = plan.run_settings()
@@ -108,7 +109,8 @@ def test_a_sweep_searching_only_other_methods_holds_only_their_groups(tmp_path):
 
 def test_a_method_with_nothing_of_its_own_to_search_is_refused(tmp_path):
     """One study per method: a method whose study has no key would run its defaults sweep.num_samples times."""
-    space = write_space(tmp_path, "search:\n  method: {choice: [gpm, finetune]}\n  gpm.threshold: {uniform: [0.9, 0.99]}\n")
+    space = write_space(tmp_path, "search:\n  method: {choice: [gpm, finetune]}\n"
+                                  "  gpm.threshold: {uniform: [0.9, 0.99]}\n")
     with pytest.raises(UserError, match="search.method: finetune would search nothing"):
         planning.build_plan([f"space={space}", f"output_dir={tmp_path / 'out'}"])
     assert not (tmp_path / "out").exists()

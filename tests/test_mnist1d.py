@@ -10,12 +10,10 @@ import torch
 from mnist1d.data import get_dataset_args, make_dataset
 
 from ness_sweep import ness, statistics
-from ness_sweep.benchmarks import load_stream, stream_for
-from ness_sweep.benchmarks import mnist1d as benchmark
+from ness_sweep.benchmarks import load_stream, mnist1d as benchmark, stream_for
 from ness_sweep.config import UserError
-from ness_sweep.methods import load_run_config
+from ness_sweep.methods import load_run_config, make_trainer
 from ness_sweep.models import build_model
-from ness_sweep.methods import make_trainer
 
 VALID_FRACTION = 0.1
 SMALL_ARGS = {**benchmark.MNIST1D_ARGS, "num_samples": 100}  # 80 training and 20 test signals: quick to make
@@ -73,7 +71,8 @@ def test_cache_made_with_other_arguments_is_refused(tmp_path):
     with pytest.raises(UserError) as error:
         benchmark.load_mnist1d(tmp_path, other_args)
     message = str(error.value)
-    assert message.startswith(f"{wanted}: not a valid MNIST-1D cache (ValueError: made with seed=42 instead of seed=43)")
+    assert message.startswith(f"{wanted}: not a valid MNIST-1D cache "
+                              "(ValueError: made with seed=42 instead of seed=43)")
     assert message.endswith("delete it and the next run regenerates it with the mnist1d generator")
     assert "\n" not in message
 

@@ -161,7 +161,7 @@ def test_zero_adapters_leave_network_unchanged_and_merge_keeps_outputs(kind):
     x = torch.randn(4, *input_shape)
     before = net(x, 0)
     layers = statistics.adaptable_layers(net)
-    bases = {name: torch.linalg.qr(torch.randn(statistics.input_width(l), 3))[0] for name, l in layers.items()}
+    bases = {name: torch.linalg.qr(torch.randn(statistics.input_width(layer), 3))[0] for name, layer in layers.items()}
     adapters = ness.attach_adapters(net, bases)
     torch.testing.assert_close(net(x, 0), before, rtol=0, atol=0)
     with torch.no_grad():

@@ -11,19 +11,18 @@ import socket
 import subprocess
 import sys
 import textwrap
-import time
 from datetime import datetime
 from pathlib import Path
 
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
+from test_crash_safety import environment, sweep_command, wait_for
+from test_optuna_study import assert_study_matches_table
 
 from ness_sweep import results
 from ness_sweep.config import UserError
 from ness_sweep.sweep import callbacks, lock, plan as planning
-from test_crash_safety import environment, sweep_command, wait_for
-from test_optuna_study import assert_study_matches_table
 
 THIS_DRIVER = f"PID {os.getpid()} on host {socket.gethostname()}"
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from fake_data import read_markers, write_fake_cifar100, write_fake_five_datasets, write_fake_miniimagenet
 
-from fake_data import (read_markers, write_fake_cifar100, write_fake_five_datasets, write_fake_miniimagenet)
 from ness_sweep.benchmarks import load_stream
 from ness_sweep.config import UserError
 from ness_sweep.methods import load_run_config
@@ -211,7 +211,8 @@ def test_paper_presets_hold_the_paper_settings(preset, expected):
     assert (t.epochs, t.batch_size, t.optimizer, t.valid_fraction) == (expected["epochs"], 64, "sgd", 0.05)
     assert t.momentum == 0.9
     assert t.lr == expected["lr"] and t.weight_decay == expected["weight_decay"]
-    assert (t.lr_patience, t.lr_factor, t.lr_min) == (expected["lr_patience"], expected["lr_factor"], expected["lr_min"])
+    assert (t.lr_patience, t.lr_factor, t.lr_min) == (expected["lr_patience"], expected["lr_factor"],
+                                                      expected["lr_min"])
     assert cfg.ness.threshold == expected["threshold"]
     assert load_run_config([f"preset={preset}", "train.epochs=3"]).train.epochs == 3  # overrides still win
 

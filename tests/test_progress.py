@@ -10,8 +10,17 @@ import pytest
 
 from ness_sweep import train
 from ness_sweep.sweep import plan as planning
-from ness_sweep.sweep.progress import (EpochPoster, LiveProgress, best_so_far, epoch_line, eta_seconds,
-                                       format_duration, remaining_tasks, seconds_per_task, status_line)
+from ness_sweep.sweep.progress import (
+    EpochPoster,
+    LiveProgress,
+    best_so_far,
+    epoch_line,
+    eta_seconds,
+    format_duration,
+    remaining_tasks,
+    seconds_per_task,
+    status_line,
+)
 from ness_sweep.trainer import EpochProgress
 
 NUM_TASKS = 5  # permuted_digits
@@ -69,10 +78,12 @@ def test_status_of_the_driver_callback_from_its_trials(tmp_path):
     trials = [SimpleNamespace(trial_id="a", status="TERMINATED",
                               last_result={"task": 5, "acc_seen": 90.0, "acc": 90.0, "valid_acc": 88.0,
                                           "seconds": 10.0}),
-              SimpleNamespace(trial_id="b", status="RUNNING", last_result={"task": 2, "acc_seen": 80.0, "seconds": 4.0}),
+              SimpleNamespace(trial_id="b", status="RUNNING",
+                              last_result={"task": 2, "acc_seen": 80.0, "seconds": 4.0}),
               SimpleNamespace(trial_id="c", status="PENDING", last_result={})]
     # 14 s over 7 tasks = 2 s a task; left: 3 (b) + 5 (c) + 5 (a trial not yet created) = 13 tasks, 2 at a time
-    assert live.status(trials, live.started + 75) == ("status: 1 running, 2 pending, 1 done of 4; best valid_acc 88.00 (a); "
+    assert live.status(trials, live.started + 75) == ("status: 1 running, 2 pending, 1 done of 4; "
+                                                      "best valid_acc 88.00 (a); "
                                                       "1m15s elapsed, ETA 13 s")
 
 
@@ -129,13 +140,15 @@ def test_a_sweep_prints_live_progress_and_writes_the_same_table(ray_session, tmp
     for trial_id in trial_ids:
         mine = [line.strip() for line in lines if f" {trial_id}  " in line]
         assert mine[0].startswith(f"{trial_id}  started  ness.threshold=")
-        tasks = [line for line in mine if re.fullmatch(rf"{trial_id}  task \d/5  valid_acc_seen \d+\.\d\d  \(\d+\.\d s\)", line)]
+        tasks = [line for line in mine
+                 if re.fullmatch(rf"{trial_id}  task \d/5  valid_acc_seen \d+\.\d\d  \(\d+\.\d s\)", line)]
         assert [int(line.split()[2][0]) for line in tasks] == list(range(1, NUM_TASKS + 1))
     epoch_pattern = r"(\S+)  task \d/5 epoch \d+/12 loss \d+\.\d{4} valid \d+\.\d{4} lr \S+  \(\d+\.\d s\)"
     epoch_trials = {m.group(1) for m in (re.fullmatch(epoch_pattern, line.strip()) for line in lines) if m}
     assert epoch_trials and epoch_trials <= set(trial_ids)
     statuses = [line for line in lines if line.startswith("status: ")]
-    assert statuses and all(re.fullmatch(r"status: \d running, \d pending, \d done of 2; best valid_acc (-|\d+\.\d\d \(\S+\)); "
+    assert statuses and all(re.fullmatch(r"status: \d running, \d pending, \d done of 2; "
+                                         r"best valid_acc (-|\d+\.\d\d \(\S+\)); "
                                          r"\S+( s)? elapsed, ETA \S+( s)?", line) for line in statuses)
     assert sum(line.startswith("[") for line in lines) == 2  # one line per finished trial, as before
 

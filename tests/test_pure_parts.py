@@ -1,6 +1,6 @@
 """The pure parts of a sweep, without Ray: the Pareto front and ranking, the rerun line, the layering of settings,
-the results table's column types, a run-time schema through cloudpickle, and the flatten / unflatten / argument helpers. Expected values are worked
-out by hand in each test."""
+the results table's column types, a run-time schema through cloudpickle, and the flatten / unflatten / argument
+helpers. Expected values are worked out by hand in each test."""
 
 import os
 import pickle
@@ -12,8 +12,20 @@ import ray.cloudpickle
 from omegaconf import OmegaConf
 
 from ness_sweep import results
-from ness_sweep.config import (RunConfig, SweepConfig, UserError, argument_value, arguments, flatten, layered,
-                               merge_onto, parse_overrides, resolved, unflatten, with_groups)
+from ness_sweep.config import (
+    RunConfig,
+    SweepConfig,
+    UserError,
+    argument_value,
+    arguments,
+    flatten,
+    layered,
+    merge_onto,
+    parse_overrides,
+    resolved,
+    unflatten,
+    with_groups,
+)
 from ness_sweep.methods import load_run_config, method_groups
 from ness_sweep.report import train_command
 from ness_sweep.sweep import plan as planning

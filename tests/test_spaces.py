@@ -15,8 +15,8 @@ import optuna
 import pytest
 
 from ness_sweep import run
-from ness_sweep.sweep import plan as planning, space as spaces, tuner
 from ness_sweep.config import UserError
+from ness_sweep.sweep import plan as planning, space as spaces, tuner
 
 REQUIRED_SPACES = {"rank_threshold", "threshold", "lr", "smoke"}
 

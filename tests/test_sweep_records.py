@@ -16,10 +16,10 @@ from omegaconf import OmegaConf
 from ray import tune
 
 from ness_sweep import report, results, run, train
-from ness_sweep.results import SweepFolder
-from ness_sweep.sweep import callbacks, plan as planning, trial as trials
 from ness_sweep.benchmarks import check_stream, stream_for
 from ness_sweep.methods import load_run_config
+from ness_sweep.results import SweepFolder
+from ness_sweep.sweep import callbacks, plan as planning, trial as trials
 
 
 def run_command(args):
@@ -141,7 +141,8 @@ def test_a_stream_made_from_other_settings_is_refused():
     (["ray.address=127.0.0.1:1"], "ray.address=127.0.0.1:1"),
 ])
 def test_bad_locations_are_refused_before_anything_starts(args, named, tmp_path, capsys):
-    code = run.main(["space=smoke", *args] + ([] if args[0].startswith("output_dir") else [f"output_dir={tmp_path / 'o'}"]))
+    code = run.main(["space=smoke", *args]
+                    + ([] if args[0].startswith("output_dir") else [f"output_dir={tmp_path / 'o'}"]))
     assert code == 2
     message = capsys.readouterr().err.strip()
     assert "\n" not in message and named in message, message

@@ -16,9 +16,9 @@ import torch
 from torch import nn
 
 import ness_sweep.train as train
+from ness_sweep.benchmarks import stream_for
 from ness_sweep.data import Task, TaskStream
 from ness_sweep.methods import load_run_config, make_trainer
-from ness_sweep.benchmarks import stream_for
 from ness_sweep.models import MultiHeadNet
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"

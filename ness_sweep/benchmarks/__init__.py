@@ -85,7 +85,8 @@ def check_stream(stream: TaskStream, cfg, seed: int) -> None:
     wanted, made = stream_settings(cfg, seed), stream.meta.get("settings")
     if made != wanted:
         differ = sorted(k for k in wanted if (made or {}).get(k, object()) != wanted[k])
-        raise RuntimeError(f"stream mismatch: the run's settings ask for {', '.join(f'{k}={wanted[k]}' for k in differ)}"
+        raise RuntimeError(f"stream mismatch: the run's settings ask for "
+                           f"{', '.join(f'{k}={wanted[k]}' for k in differ)}"
                            f" but the stream was made with {made}; refusing to train")
 
 

@@ -57,5 +57,6 @@ def split_digits(data_root: Path, seed: int, valid_fraction: float, download: bo
     for t in range(NUM_TASKS):
         keep, keep_test = (y_rest // 2) == t, (y_test // 2) == t
         xtr, ytr, xva, yva = split_train_valid(x_rest[keep], y_rest[keep] - 2 * t, valid_fraction, seed + t)
-        tasks.append(Task(f"digits {2 * t}/{2 * t + 1}", 2, xtr, ytr, xva, yva, x_test[keep_test], y_test[keep_test] - 2 * t))
+        tasks.append(Task(f"digits {2 * t}/{2 * t + 1}", 2, xtr, ytr, xva, yva, x_test[keep_test],
+                          y_test[keep_test] - 2 * t))
     return TaskStream("split_digits", tasks, (x.shape[1],), "mlp")

@@ -100,7 +100,8 @@ def check_arrays(arrays: Dict[str, np.ndarray], length: int) -> None:
                f"x_{part} is {x.dtype} {x.shape}, not float32 N x {length}")
         expect(bool(np.isfinite(x).all()), f"x_{part} holds NaN or infinite values")
         expect(y.dtype == np.int64 and y.shape == (len(x),), f"y_{part} is {y.dtype} {y.shape}, not int64 ({len(x)},)")
-        expect(len(y) > 0 and 0 <= y.min() and y.max() < NUM_CLASSES, f"y_{part} has labels outside 0..{NUM_CLASSES - 1}")
+        expect(len(y) > 0 and 0 <= y.min() and y.max() < NUM_CLASSES,
+               f"y_{part} has labels outside 0..{NUM_CLASSES - 1}")
 
 
 def generator_settings(made_by: str) -> Dict[str, object]:

@@ -33,8 +33,7 @@ from torch import Tensor
 
 from ..config import UserError
 from ..data import Task, TaskStream, split_train_valid
-from .downloads import (CIFAR10_FILES, CIFAR100_FILES, MINIIMAGENET_FILES, NOTMNIST_LETTERS, SVHN_FILES,
-                        require_files)
+from .downloads import CIFAR10_FILES, CIFAR100_FILES, MINIIMAGENET_FILES, NOTMNIST_LETTERS, SVHN_FILES, require_files
 from .files import expect, load_pickle, read_file
 
 Split = Tuple[Tensor, Tensor, Tensor, Tensor]  # x_train, y_train, x_test, y_test
@@ -71,9 +70,11 @@ def class_split_tasks(prefix: str, data: Split, class_groups: List[List[int]], s
         relabel = torch.full((num_classes,), -1, dtype=torch.long)
         relabel[torch.tensor(group)] = torch.arange(len(group))
         keep_train, keep_test = relabel[y_train] >= 0, relabel[y_test] >= 0
-        xtr, ytr, xva, yva = split_train_valid(x_train[keep_train], relabel[y_train[keep_train]], valid_fraction, seed + t)
+        xtr, ytr, xva, yva = split_train_valid(x_train[keep_train], relabel[y_train[keep_train]], valid_fraction,
+                                               seed + t)
         name = f"{prefix} classes {', '.join(map(str, group))}"
-        tasks.append(Task(name, len(group), xtr, ytr, xva, yva, x_test[keep_test], relabel[y_test[keep_test]], mean, std))
+        tasks.append(Task(name, len(group), xtr, ytr, xva, yva, x_test[keep_test], relabel[y_test[keep_test]],
+                          mean, std))
     return tasks
 
 
@@ -155,7 +156,8 @@ def read_svhn_mat(path: Path) -> Tuple[Tensor, Tensor]:
     def parse(p: Path) -> Tuple[Tensor, Tensor]:
         mat = loadmat(str(p))
         images, labels = np.asarray(mat["X"], dtype=np.uint8), np.asarray(mat["y"], dtype=np.int64).reshape(-1)
-        expect(images.ndim == 4 and images.shape[:3] == (32, 32, 3), f"'X' has shape {images.shape}, not 32 x 32 x 3 x N")
+        expect(images.ndim == 4 and images.shape[:3] == (32, 32, 3),
+               f"'X' has shape {images.shape}, not 32 x 32 x 3 x N")
         expect(images.shape[3] == len(labels), f"{len(labels)} labels for {images.shape[3]} images")
         expect(bool(((labels >= 1) & (labels <= 10)).all()), "labels outside 1..10")
         return torch.from_numpy(images.transpose(3, 2, 0, 1).copy()), torch.from_numpy(labels % 10)

@@ -16,18 +16,18 @@ import torch
 from omegaconf import DictConfig
 
 from .. import config
-from ..config import RunConfig, UserError, help_text, merge_onto, with_groups
 from ..benchmarks import BENCHMARKS
+from ..config import RunConfig, UserError, help_text, merge_onto, with_groups
 from ..data import TaskStream
 from ..models import MODELS, check_model_fits, model_label
 from ..trainer import EpochProgress, Trainer
 from ..user_code import resolve
 from .base import Method
-from .ness import Ness
-from .gpm import Gpm
-from .sgp import Sgp
 from .ewc import Ewc
+from .gpm import Gpm
 from .lwf import Lwf
+from .ness import Ness
+from .sgp import Sgp
 
 METHODS: Dict[str, Type[Method]] = {
     "finetune": Method,

@@ -146,7 +146,8 @@ class Gpm(Method):
 
     def after_task(self, t: int) -> None:
         """Extend every layer's basis with the task's representation, from one forward pass."""
-        inputs = statistics.training_inputs([self.stream.tasks[t]], self.cfg.train.eval_batch_size, self.settings.samples)
+        inputs = statistics.training_inputs([self.stream.tasks[t]], self.cfg.train.eval_batch_size,
+                                            self.settings.samples)
         grams = statistics.collect_grams(self.model.body, self.layers, inputs)
         thresholds = self.thresholds(t)
         for name, gram in grams.items():

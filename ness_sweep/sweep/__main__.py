@@ -3,8 +3,9 @@
 Runs a Ray Tune sweep over a search space (``search_spaces/NAME.yaml`` or a path to your own file), chosen on
 validation data, then reruns its best configurations on fresh seeds (the confirmation); prints one line per
 finished trial, then the leaderboard, the confirmed winner's headline and the ``python -m ness_sweep.train ...``
-line that reruns it, writes that configuration to ``best.yaml`` and the plots to ``report.html``. ``dry_run=true`` prints the resolved plan instead, starting and creating nothing. Bad input
-exits with code 2 before anything is started or created.
+line that reruns it, writes that configuration to ``best.yaml`` and the plots to ``report.html``. ``dry_run=true``
+prints the resolved plan instead, starting and creating nothing. Bad input exits with code 2 before anything is
+started or created.
 
 Exit codes: 0 the sweep ran; 1 trials are left unfinished (the line that continues them is printed), or every
 trial failed (one line says so); 2 bad input, a sweep folder another driver is running (named by host and
@@ -22,7 +23,6 @@ from ..config import SweepConfig, UserError, help_text
 from ..results import error_line
 from .driver import resume_command, sweep
 from .space import known_spaces
-
 
 USAGE = """usage: python -m ness_sweep.run space=NAME [key=value ...]
 
@@ -45,7 +45,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     if any(a in ("-h", "--help", "help") for a in argv):
         from ..methods import groups_help, registered_names  # torch: only when help is asked for
 
-        print(USAGE.format(spaces=", ".join(known_spaces())) + help_text(SweepConfig) + "\n" + groups_help() + "\n" + registered_names())
+        print(USAGE.format(spaces=", ".join(known_spaces())) + help_text(SweepConfig) + "\n" + groups_help() + "\n"
+              + registered_names())
         return 0
     try:
         result = sweep(*argv)

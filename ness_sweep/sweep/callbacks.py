@@ -11,12 +11,11 @@ from ray import tune
 from ray.tune.experiment import Trial
 
 from .. import results
-from ..results import Stage, Status
 from ..config import flatten, resolved
 from ..metrics import TEST, VALID, on_split
+from ..results import Stage, Status
 from .columns import column_types
 from .plan import CONFIRMS, SweepPlan, trial_run_config
-
 
 TUNE_ENDED = (Trial.TERMINATED, Trial.ERROR)  # Tune's own states of a trial that will not run again
 
@@ -131,7 +130,8 @@ class ResultsTable(tune.Callback):
         if trial.trial_id not in self.configs:
             cfg = trial_run_config(self.settings, trial.config)
             config = flatten(resolved(cfg))
-            self.configs[trial.trial_id] = {key: config.get(key) for key, _ in self.columns}  # other methods' groups: null
+            # other methods' groups: null
+            self.configs[trial.trial_id] = {key: config.get(key) for key, _ in self.columns}
             self.configs[trial.trial_id]["seeds"] = self.plan.trial_seeds(cfg, trial.config)
         return self.configs[trial.trial_id]
 

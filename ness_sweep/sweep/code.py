@@ -58,5 +58,6 @@ def shipped_modules(cfg: DictConfig, search: Dict[str, Any], streams: Iterable[T
     """The user's modules that trials import (benchmarks, models, methods, a stream's default model), as local
     paths for Ray's ``runtime_env`` ``py_modules``: a cluster's nodes get them without sharing a file system."""
     options = code_options(cfg, search)
-    names = [*options["benchmark"], *options["model"], *options["method"], *(stream.default_model for stream in streams)]
+    names = [*options["benchmark"], *options["model"], *options["method"],
+             *(stream.default_model for stream in streams)]
     return local_module_paths(str(name) for name in names)

@@ -23,9 +23,9 @@ from PIL import Image, ImageDraw, ImageFont
 from ray import tune
 
 from .. import environment, results
-from ..results import Status
 from ..config import UserError, resolved
 from ..metrics import FINAL, TEST, VALID, on_split
+from ..results import Status
 from ..selection import HEADLINE_METRICS, Confirmed, MethodLine, per_method, winner
 from .callbacks import trial_status
 from .plan import trial_run_config
@@ -262,7 +262,8 @@ class WandbRuns(tune.Callback):
         everything = table.to_pylist()
         if meta.get("by_method"):
             logged["methods"] = self.wandb.Table(columns=list(METHOD_COLUMNS), data=[
-                method_cells(line, meta["metrics"][0]) for line in per_method(everything, meta["metrics"], meta["modes"])])
+                method_cells(line, meta["metrics"][0])
+                for line in per_method(everything, meta["metrics"], meta["modes"])])
         with artifacts_staged_in(self._wandb_dir):
             run.log(logged)
             run.summary.update(headline_summary(winner(everything, meta["metrics"], meta["modes"]), meta))

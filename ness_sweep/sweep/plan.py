@@ -22,9 +22,25 @@ from omegaconf.errors import OmegaConfBaseException
 
 from .. import config, results
 from ..benchmarks import STREAM_KEYS, stream_settings
-from ..config import (MAX_SEED, RunConfig, SweepConfig, SweepSettings, UserError, first_line, flatten, joins_cluster,
-                      load_sweep_config, merge_onto, parse_overrides, resolved, schema_types, unflatten, validate_run,
-                      validate_sweep, with_groups)
+from ..config import (
+    MAX_SEED,
+    RunConfig,
+    SweepConfig,
+    SweepSettings,
+    UserError,
+    first_line,
+    flatten,
+    joins_cluster,
+    load_sweep_config,
+    merge_onto,
+    parse_overrides,
+    resolved,
+    schema_types,
+    unflatten,
+    validate_run,
+    validate_sweep,
+    with_groups,
+)
 from ..methods import check_run, method_class, method_groups, run_config
 from ..metrics import NATURAL_MODE, TEST, VALID, on_split
 from ..selection import fresh_seeds
@@ -32,7 +48,6 @@ from .code import check_code, code_options
 from .columns import column_types
 from .lock import check_not_running, check_writable, name_candidates, taken
 from .space import SearchSpace, known_spaces, load_space, space_from_record
-
 
 DEFAULT_NUM_SAMPLES = 10
 
@@ -42,7 +57,8 @@ RESUME_MAY_CHANGE = ("resume", "output_dir", "sweep.name", "sweep.max_concurrent
                      "trial.max_failures", "dry_run")
 
 
-CONFIRMS = "confirms"  # in a confirmation trial's Tune config: the search row it reruns (the table's column of that name)
+# in a confirmation trial's Tune config: the search row it reruns (the table's column of that name)
+CONFIRMS = "confirms"
 
 
 MAX_STREAMS = 16  # distinct task streams a sweep may hold in Ray's object store (searched stream-shaping keys)
@@ -244,7 +260,8 @@ def _complete_plan(cfg: DictConfig, space: SearchSpace, command_line: List[str])
     if cfg.sweep.confirm_top and plan.confirm_seeds[-1] > MAX_SEED:
         raise UserError(f"sweep.confirm_seeds={cfg.sweep.confirm_seeds}: the confirmation's fresh seeds would pass "
                         f"{MAX_SEED} (numpy's largest); search lower seeds or set sweep.confirm_top=0")
-    column_types(plan.run_settings(), space, plan.run_schema())  # choice options of mixed types fail here, not at the end
+    # choice options of mixed types fail here, not at the end
+    column_types(plan.run_settings(), space, plan.run_schema())
     stream_variants(plan)  # searched stream-shaping keys: finitely many streams, or refused here
     check_code(cfg, searched)  # every benchmark, model and method a trial may name resolves
     return plan
@@ -282,7 +299,8 @@ def resume_plan(args: List[str], overrides: DictConfig) -> SweepPlan:
         elif key in ("space", "preset"):
             if str(stored_line.get(key)) != str(value):
                 changed.append(key)
-        elif flatten(resolved(merge_onto(schema, record["config"], unflatten({key: value}))))[key] != stored_values[key]:
+        elif (flatten(resolved(merge_onto(schema, record["config"], unflatten({key: value}))))[key]
+              != stored_values[key]):
             changed.append(key)
     if changed:
         raise UserError(f"resume=true: {', '.join(changed)} differ from the plan the sweep started with "
@@ -323,7 +341,8 @@ def _objectives(cfg: DictConfig, command_line: Dict[str, Any]) -> Tuple[List[str
     for m in metrics:
         if m in NATURAL_MODE and not on_test:
             raise UserError(f"sweep.metric={m}: a test metric; selecting on the test set reports the best of noisy "
-                            f"draws, so it needs the opt-in sweep.select_on_test=true (or select on {on_split(m, VALID)})")
+                            f"draws, so it needs the opt-in sweep.select_on_test=true "
+                            f"(or select on {on_split(m, VALID)})")
         if m not in natural:
             raise UserError(f"sweep.metric={m}: must be one of {', '.join(on_split(n, VALID) for n in NATURAL_MODE)} "
                             f"(or a list of them; {', '.join(NATURAL_MODE)} with sweep.select_on_test=true)")
@@ -398,7 +417,8 @@ def check_cluster_reachable(cfg: DictConfig) -> None:
         socket.create_connection((host, int(port)), timeout=CLUSTER_CONNECT_TIMEOUT_S).close()
     except OSError as error:
         raise UserError(f"ray.address={address}: no Ray cluster answers there "
-                          f"({error.strerror or first_line(error)}); start one (`ray start --head`) or fix the address") from None
+                          f"({error.strerror or first_line(error)}); "
+                          "start one (`ray start --head`) or fix the address") from None
 
 
 def trial_run_config(settings: Dict[str, Any], params: Dict[str, Any]) -> DictConfig:

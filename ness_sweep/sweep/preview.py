@@ -94,7 +94,8 @@ def describe(plan: SweepPlan) -> str:
     lines.append("seeds: the space searches seed" if plan.seeds is None else
                  f"seeds: every trial runs {argument_value(plan.seeds)}"
                  + (" (rows hold mean ± std)" if len(plan.seeds) > 1 else ""))
-    where = f"joins ray.address={cfg.ray.address or '$RAY_ADDRESS'}" if joins_cluster(cfg) else "a local Ray on 127.0.0.1"
+    where = (f"joins ray.address={cfg.ray.address or '$RAY_ADDRESS'}" if joins_cluster(cfg)
+             else "a local Ray on 127.0.0.1")
     lines.append(f"resources: trial.cpu={cfg.trial.cpu}, trial.gpu={cfg.trial.gpu} per trial, training on "
                  f"{plan.device}; {where}; {concurrency_text(plan)}")
     fixed = {key: value for key, value in flatten(plan.run_settings()).items()

@@ -130,7 +130,8 @@ def best_so_far(values: Iterable[Tuple[str, Optional[float]]], mode: str) -> Opt
     return pick(found, key=lambda item: item[1])
 
 
-def status_line(running: int, pending: int, done: int, total: int, best: Sequence[Tuple[str, Optional[Tuple[str, float]]]],
+def status_line(running: int, pending: int, done: int, total: int,
+                best: Sequence[Tuple[str, Optional[Tuple[str, float]]]],
                 elapsed_s: float, eta_s: Optional[float]) -> str:
     """``best``: (metric, best_so_far) per objective of the sweep."""
     scores = ", ".join(f"{metric} {found[1]:.2f} ({found[0]})" if found else f"{metric} -" for metric, found in best)

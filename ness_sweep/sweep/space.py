@@ -14,7 +14,6 @@ from omegaconf import OmegaConf
 
 from ..config import RUN_ONLY_KEYS, UserError, first_line, flatten, run_only
 
-
 DISTRIBUTIONS = ("loguniform", "uniform", "int", "choice")
 
 
@@ -160,6 +159,7 @@ def parse_distribution(spec: Any, where: str) -> Distribution:
 
 def space_from_record(record: Dict[str, Any]) -> SearchSpace:
     """A space as ``SweepPlan.record`` stored it (the searched keys already parsed and checked once)."""
-    search = {key: parse_distribution(spec, f"{record['source']}: search.{key}") for key, spec in record["search"].items()}
+    search = {key: parse_distribution(spec, f"{record['source']}: search.{key}")
+              for key, spec in record["search"].items()}
     return SearchSpace(record["name"], record["source"], record["description"], search, dict(record["fixed"]),
                        dict(record["sweep"]))

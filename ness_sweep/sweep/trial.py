@@ -17,8 +17,8 @@ from ray import tune
 from ..benchmarks import check_stream, stream_settings
 from ..config import first_line
 from ..data import TaskStream
-from ..metrics import FINAL, TEST, VALID, mean_std, on_split, seen_accuracy
 from ..methods import make_trainer
+from ..metrics import FINAL, TEST, VALID, mean_std, on_split, seen_accuracy
 from ..trainer import global_rng_state, set_global_rng_state
 from .plan import stream_key, trial_run_config
 from .progress import EpochSender

@@ -25,9 +25,10 @@ print(f"fine-tune: ACC {baseline.acc:.2f}  BWT {baseline.bwt:.2f}")
 found = ness_sweep.sweep(space="smoke", benchmark="my_benchmark:rotated_digits", model="my_model:build",
                          train={"epochs": 2}, sweep={"num_samples": 3, "scheduler": "fifo", "confirm_top": 1,
                                                      "confirm_seeds": 2},
-                         wandb={"mode": "disabled"}, output_dir="notebook_results", out=lambda line: None)
+                         wandb={"mode": "disabled"}, out=lambda line: None)  # in ness_sweep_results/ (output_dir)
 table = found.to_pandas()
-print(table[["trial_id", "stage", "status", "valid_acc", "acc", "bwt", "ness.threshold", "train.lr"]].to_string(index=False))
+columns = ["trial_id", "stage", "status", "valid_acc", "acc", "bwt", "ness.threshold", "train.lr"]
+print(table[columns].to_string(index=False))
 
 # %% The headline: the chosen configuration's test ACC on the fresh seeds, beside the search's own number.
 acc, std = found.confirmed.mean_std("acc")

@@ -43,14 +43,15 @@ class MultiHeadNet(nn.Module):
 
 
 def mlp(stream: TaskStream, hidden: Sequence[int] = (256, 256)) -> MultiHeadNet:
-    """Input → 256 → 256 (ReLU, no bias) → one head per task."""
-    layers, width = [nn.Flatten()], 1
+    """Input → 256 → 256 (ReLU, no bias) → one head per task; the layers are named (``fc1``, ``fc2``) as the
+    diagnostics show them (``rank/fc1``)."""
+    layers, width = [("flatten", nn.Flatten())], 1
     for size in stream.input_shape:
         width *= size
-    for size in hidden:
-        layers += [nn.Linear(width, size, bias=False), nn.ReLU()]
+    for index, size in enumerate(hidden, start=1):
+        layers += [(f"fc{index}", nn.Linear(width, size, bias=False)), (f"relu{index}", nn.ReLU())]
         width = size
-    return MultiHeadNet(nn.Sequential(*layers), width, [t.num_classes for t in stream.tasks])
+    return MultiHeadNet(nn.Sequential(OrderedDict(layers)), width, [t.num_classes for t in stream.tasks])
 
 
 def _batch_norm(channels: int) -> nn.BatchNorm2d:
@@ -210,6 +211,8 @@ def model_problem(model: object, stream: TaskStream) -> Optional[str]:
             if not isinstance(out, Tensor) or tuple(out.shape) != wanted:
                 got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
                 return f"forward(x, {t}) gives {got}; task {t} needs logits of shape N x num_classes = {wanted}"
+            if not out.is_floating_point():
+                return f"forward(x, {t}) gives {out.dtype} logits; training needs floating-point logits"
             if not torch.allclose(out, heads[t](body(x)), rtol=1e-4, atol=1e-5):
                 return (f"forward(x, {t}) differs from heads[{t}](body(x)); make forward exactly that "
                         "(LwF reads the old heads' logits from one pass of the body)")

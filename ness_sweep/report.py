@@ -47,7 +47,7 @@ from .selection import HEADLINE_METRICS, Confirmed, confirmations, per_method, w
 COMPARED_SETTINGS = ("benchmark", "method")  # sweeps that differ in these are shown so when compared
 STATUS_MEANING = {Status.TERMINATED: "finished", Status.STOPPED: "stopped early by the scheduler",
                   Status.DIVERGED: "loss became NaN/inf", Status.ERROR: "failed"}  # what a row's status says
-# Optuna's TPESampler draws its first n_startup_trials (default 10, which tuner.make_searcher keeps) at random.
+# The sweep's TPESampler draws its first n_startup_trials at random (study.StudySearch passes this to it).
 TPE_STARTUP_TRIALS = 10
 
 

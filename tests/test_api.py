@@ -91,7 +91,7 @@ def test_sweep_bad_input_raises_before_anything_is_created(tmp_path):
 
 def test_the_notebook_example_runs_as_shipped(tmp_path):
     folder = tmp_path / "examples"
-    shutil.copytree(REPO / "examples", folder, ignore=shutil.ignore_patterns("__pycache__", "notebook_results"))
+    shutil.copytree(REPO / "examples", folder, ignore=shutil.ignore_patterns("__pycache__", "ness_sweep_results"))
     env = {key: value for key, value in os.environ.items() if key != "RAY_ADDRESS"}
     env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
     done = subprocess.run([sys.executable, "notebook.py"], cwd=folder, env=env, capture_output=True, text=True,

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
 import pickle
 import shutil
 from pathlib import Path
@@ -10,8 +13,9 @@ import optuna
 import pyarrow.parquet as pq
 import pytest
 
+from ness_sweep import report, run
 from ness_sweep.sweep import plan as planning, tuner
-from ness_sweep.sweep.study import TUNE_TRIAL_ID
+from ness_sweep.sweep.study import RERUN_COMMAND, TUNE_TRIAL_ID
 
 SEARCHED = ("ness.threshold", "train.lr")  # space=smoke
 
@@ -41,8 +45,8 @@ def assert_study_matches_table(sweep_dir: Path) -> optuna.Study:
 def asha_sweep(ray_session, tmp_path_factory):
     """Six trials of space=smoke under ASHA, one epoch a task: some finish, some are stopped early."""
     output_dir = tmp_path_factory.mktemp("study")
-    plan = planning.build_plan(["space=smoke", "sweep.num_samples=6", "train.epochs=1", "sweep.name=asha", "sweep.confirm_top=0",
-                                f"output_dir={output_dir}", "wandb.mode=disabled"])
+    plan = planning.build_plan(["space=smoke", "sweep.num_samples=6", "train.epochs=1", "sweep.name=asha",
+                                "sweep.confirm_top=0", f"output_dir={output_dir}", "wandb.mode=disabled"])
     tuner.run_sweep(plan, out=lambda line: None)
     return output_dir / "asha"
 
@@ -71,11 +75,64 @@ def test_a_resume_keeps_writing_the_same_study(asha_sweep, tmp_path):
     stays in the moved folder's optuna.db, unchanged and still equal to the table."""
     moved = tmp_path / "asha"
     shutil.copytree(asha_sweep, moved)
-    before = [(t.number, t.state, t.values) for t in study_of(moved).trials]
+    before = [(t.number, t.state, t.values, t.intermediate_values) for t in study_of(moved).trials]
     plan = planning.build_plan(["resume=true", "sweep.name=asha", f"output_dir={tmp_path}", "wandb.mode=disabled"])
     tuner.run_sweep(plan, out=lambda line: None)
-    assert [(t.number, t.state, t.values) for t in study_of(moved).trials] == before
+    assert [(t.number, t.state, t.values, t.intermediate_values) for t in study_of(moved).trials] == before
     assert_study_matches_table(moved)
+
+
+def test_the_study_names_its_objective_and_holds_each_trials_curve_up_to_where_asha_stopped_it(asha_sweep):
+    """optuna-dashboard shows "valid_acc", not "Objective 0", and draws each trial's valid_acc_seen per task
+    (step: the task's number): a stopped trial's curve ends at the task ASHA stopped it after, and it is PRUNED."""
+    study = study_of(asha_sweep)
+    assert study.metric_names == ["valid_acc"]
+    rows = pq.read_table(asha_sweep / "results.parquet").to_pylist()
+    stopped = [row for row in rows if row["status"] == "STOPPED"]
+    assert stopped and any(row["status"] == "TERMINATED" for row in rows)  # the fixture exercises both endings
+    by_id = {t.user_attrs[TUNE_TRIAL_ID]: t for t in study.trials}
+    for row in rows:
+        curve = row["valid_acc_seen_per_task"]
+        assert by_id[row["trial_id"]].intermediate_values == {task: value for task, value in enumerate(curve, 1)}
+    for row in stopped:
+        trial = by_id[row["trial_id"]]
+        assert trial.state.name == "PRUNED" and max(trial.intermediate_values) == row["task"] < 5
+
+
+def test_each_study_trial_holds_the_line_that_reruns_its_row(asha_sweep):
+    """The rerun line on the dashboard is the one ``ness_sweep.report trial=ID`` prints for the row."""
+    table = pq.read_table(asha_sweep / "results.parquet")
+    commands = {t.user_attrs[TUNE_TRIAL_ID]: t.user_attrs[RERUN_COMMAND] for t in study_of(asha_sweep).trials}
+    rows = table.to_pylist()
+    assert set(commands) == {row["trial_id"] for row in rows}
+    for row in rows:
+        assert commands[row["trial_id"]] == report.train_command(row, table)
+        assert f"train.lr={row['train.lr']!r}" in commands[row["trial_id"]].split()
+
+
+def folder_bytes(folder: Path) -> dict:
+    return {path.relative_to(folder): path.read_bytes() for path in sorted(folder.rglob("*")) if path.is_file()}
+
+
+@pytest.mark.parametrize("damage", ["missing", "truncated"])
+def test_a_resume_without_a_readable_study_is_refused_in_one_line_before_ray_starts(damage, asha_sweep, tmp_path,
+                                                                                     monkeypatch, capsys):
+    moved = tmp_path / "asha"
+    shutil.copytree(asha_sweep, moved)
+    study_file = moved / "optuna.db"
+    if damage == "missing":
+        study_file.unlink()
+    else:
+        study_file.write_bytes(study_file.read_bytes()[: study_file.stat().st_size // 2])
+    before = folder_bytes(moved)
+    monkeypatch.setattr(tuner, "connect_ray", lambda *args: pytest.fail("Ray started"))
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        code = run.main(["resume=true", "sweep.name=asha", f"output_dir={tmp_path}", "wandb.mode=disabled"])
+    message = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in message and str(study_file) in message, message
+    assert ("missing" if damage == "missing" else "cannot be continued") in message
+    assert folder_bytes(moved) == before
 
 
 def test_rays_own_reader_sees_every_trial(asha_sweep):
@@ -97,13 +154,18 @@ def finish(searcher, trial_id: str, valid_acc: float) -> None:
     searcher.on_trial_complete(trial_id, {"valid_acc": valid_acc, "task": 5})
 
 
-def test_the_sqlite_study_proposes_what_the_in_memory_one_did(tmp_path):
-    """Records are sacred: moving the study to disk changes no proposal."""
+def test_the_sqlite_study_proposes_what_the_in_memory_one_and_rays_optuna_search_did(tmp_path):
+    """Records are sacred: moving the study to disk, and off Ray's OptunaSearch (which the sweeps used before),
+    changes no proposal: a resumed older sweep goes on as it would have."""
+    from ray.tune.search.optuna import OptunaSearch
+
     plan = plan_for(tmp_path)
     in_memory, on_disk = tuner.make_searcher(plan), tuner.make_searcher(plan, str(tmp_path / "optuna.db"))
+    rays = OptunaSearch(space={key: dist.to_optuna() for key, dist in plan.space.search.items()}, metric="valid_acc",
+                        mode="max", seed=plan.cfg.sweep.seed)
     for i in range(12):
-        assert in_memory.suggest(f"t{i}") == on_disk.suggest(f"t{i}")
-        for searcher in (in_memory, on_disk):
+        assert in_memory.suggest(f"t{i}") == on_disk.suggest(f"t{i}") == rays.suggest(f"t{i}")
+        for searcher in (in_memory, on_disk, rays):
             finish(searcher, f"t{i}", 50.0 + (i * 7) % 11)
 
 
@@ -124,7 +186,7 @@ def test_a_restored_searcher_reopens_this_runs_file_and_fails_the_trials_it_lost
     shutil.move(first / "optuna.db", second / "optuna.db")
 
     restored = pickle.loads(pickled_at_start)  # Tuner.restore unpickles tuner.pkl: no connection is made
-    restored.database = str(second / "optuna.db")
+    restored.attach(plan, str(second / "optuna.db"))  # as _tuner does, before Tune restores the saved search
     restored.restore(str(tmp_path / "searcher.pkl"))
     finish(restored, "t1", 61.0)  # Tune runs t1 again: the study keeps its first finish
     finish(restored, "t2", 62.0)
@@ -146,3 +208,39 @@ def test_a_failed_trial_that_a_resume_finishes_counts_as_complete(tmp_path):
     assert [(t.state.name, t.value, t.user_attrs[TUNE_TRIAL_ID]) for t in study.trials] == \
            [("FAIL", None, "t0"), ("COMPLETE", 70.0, "t0")]
     assert study.trials[0].params == study.trials[1].params
+
+
+def test_a_restored_searcher_reopens_its_study_without_a_line_of_optunas(tmp_path):
+    """Optuna logs "Using an existing study ..." at INFO (its default level, as in a fresh driver process) when a
+    resume reopens the study: that line would land among the sweep's own lines."""
+    plan = plan_for(tmp_path)
+    searcher = tuner.make_searcher(plan, str(tmp_path / "optuna.db"))
+    searcher.suggest("t0")
+    restored = pickle.loads(pickle.dumps(searcher))
+    logged, level = io.StringIO(), optuna.logging.get_verbosity()
+    handler = logging.StreamHandler(logged)
+    logging.getLogger("optuna").addHandler(handler)
+    optuna.logging.set_verbosity(optuna.logging.INFO)
+    try:
+        restored.attach(plan, str(tmp_path / "optuna.db"))
+        assert restored.suggest("t1")
+    finally:
+        optuna.logging.set_verbosity(level)
+        logging.getLogger("optuna").removeHandler(handler)
+    assert logged.getvalue() == ""
+    assert optuna.logging.get_verbosity() == level
+
+
+def test_each_methods_study_names_its_method_in_the_rerun_lines(tmp_path):
+    """A sweep over methods: each method's study (SWEEP/METHOD) proposes that method's keys, and the rerun line
+    of its trials names the method (the Tune config's ``method``, which the method's study does not search)."""
+    plan = planning.build_plan(["space=methods", "sweep.num_samples=1", "sweep.name=unit", f"output_dir={tmp_path}"])
+    searcher = tuner.make_searcher(plan, str(tmp_path / "optuna.db"))
+    proposed = [searcher.suggest(f"t{i}") for i in range(plan.total_trials)]
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    for config in proposed:
+        study = optuna.load_study(study_name=f"unit/{config['method']}", storage=storage)
+        assert study.metric_names == ["valid_acc"] and len(study.trials) == 1
+        words = study.trials[0].user_attrs[RERUN_COMMAND].split()
+        assert words[:3] == ["python", "-m", "ness_sweep.train"] and f"method={config['method']}" in words
+        assert {f"{key}={value!r}" for key, value in config.items() if key != "method"} <= set(words)

@@ -30,7 +30,7 @@ RECORDED_AT_393B19E = {
             [90.64587973273942, 88.64142538975501, 82.62806236080178, 83.29621380846325, 80.40089086859689],
         ],
         "trainable_params": [84480, 60416, 52992, 50176, 48384],
-        "ranks": [{}, {"1": 14, "3": 212}, {"1": 3, "3": 194}, {"1": 1, "3": 185}, {"1": 0, "3": 179}],
+        "ranks": [{}, {"fc1": 14, "fc2": 212}, {"fc1": 3, "fc2": 194}, {"fc1": 1, "fc2": 185}, {"fc1": 0, "fc2": 179}],
     },
     "ness_stream_digits": {
         "args": ["method=ness", "ness.memory=stream", "ness.rank=0.5"],
@@ -42,7 +42,7 @@ RECORDED_AT_393B19E = {
             [90.20044543429844, 83.51893095768374, 79.51002227171492, 80.84632516703786, 76.16926503340757],
         ],
         "trainable_params": [84480, 38912, 36096, 35584, 35328],
-        "ranks": [{}, {"1": 14, "3": 128}, {"1": 3, "3": 128}, {"1": 1, "3": 128}, {"1": 0, "3": 128}],
+        "ranks": [{}, {"fc1": 14, "fc2": 128}, {"fc1": 3, "fc2": 128}, {"fc1": 1, "fc2": 128}, {"fc1": 0, "fc2": 128}],
     },
     "finetune_mnist1d": {
         "args": ["method=finetune", "benchmark=split_mnist1d"],
@@ -66,7 +66,8 @@ RECORDED_AT_393B19E = {
             [95.63106796116504, 82.56410256410257, 62.745098039215684, 90.25641025641026, 51.0],
         ],
         "trainable_params": [4125, 2475, 2325, 2250, 2325],
-        "ranks": [{}, {"conv1": 0, "conv2": 39, "conv3": 50}, {"conv1": 0, "conv2": 35, "conv3": 48}, {"conv1": 0, "conv2": 34, "conv3": 46}, {"conv1": 0, "conv2": 35, "conv3": 48}],
+        "ranks": [{}, {"conv1": 0, "conv2": 39, "conv3": 50}, {"conv1": 0, "conv2": 35, "conv3": 48},
+                  {"conv1": 0, "conv2": 34, "conv3": 46}, {"conv1": 0, "conv2": 35, "conv3": 48}],
     },
 }
 
@@ -78,4 +79,5 @@ def test_accuracy_matrices_are_bit_identical_to_the_code_before_the_redesign(nam
     assert run["acc_matrix"] == recorded["acc_matrix"]  # exact float equality, every cell
     assert run["trainable_params"] == recorded["trainable_params"]
     ranks = [{key.partition("/")[2]: rank for key, rank in task.items()} for task in run["diagnostics"]]
-    assert ranks == recorded["ranks"]  # NESS's ranks, now its diagnostics ``rank/<layer>``
+    # NESS's ranks, its diagnostics ``rank/<layer>`` (the MLP's layers 1 and 3 are named fc1 and fc2 since)
+    assert ranks == recorded["ranks"]

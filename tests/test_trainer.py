@@ -10,9 +10,8 @@ import torch
 from ness_sweep import ness
 from ness_sweep.benchmarks import stream_for
 from ness_sweep.data import Task, TaskStream
-from ness_sweep.methods import load_run_config
+from ness_sweep.methods import load_run_config, make_trainer
 from ness_sweep.metrics import seen_accuracy
-from ness_sweep.methods import make_trainer
 
 
 def trainer_for(*overrides):
@@ -52,7 +51,7 @@ def test_accuracy_matrix_shape_and_metrics_consistency(default_runs):
     assert len(R) == 5 and all(len(row) == 5 for row in R)
     assert all(R[i][j] is None for i in range(5) for j in range(i + 1, 5))
     assert result["acc"] == pytest.approx(sum(R[4]) / 5)
-    assert result["diagnostics"][0] == {} and set(result["diagnostics"][1]) == {"rank/1", "rank/3"}
+    assert result["diagnostics"][0] == {} and set(result["diagnostics"][1]) == {"rank/fc1", "rank/fc2"}
 
 
 def test_rank_zero_freezes_the_body_exactly():
@@ -93,7 +92,8 @@ def test_huge_learning_rate_raises_floating_point_error():
 
 
 def test_results_are_there_after_every_task():
-    """run(until=k) stops at each task boundary (where the sweep reports) with that task's row, diagnostics and count."""
+    """run(until=k) stops at each task boundary (where the sweep reports) with that task's row, diagnostics and
+    count."""
     trainer = trainer_for("train.epochs=1", "benchmark=split_digits")
     for task in range(1, 6):
         trainer.run(until=task)

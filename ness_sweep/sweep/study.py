@@ -1,123 +1,241 @@
-"""The sweep's Optuna study on disk (``optuna.db``, SQLite): the searcher that writes it, and where it lives.
+"""The sweep's Optuna study on disk (``optuna.db``, SQLite): the searcher that writes it, and a resume's check of it.
 
-Tune pickles the searcher (``tuner.pkl`` at the start, its state at every experiment checkpoint) and a
-resume restores it from those pickles. A pickled SQLite storage would reconnect to the path of the run that
-pickled it (a staging folder since deleted, or a folder the sweep moved from), so the searcher pickles no
-storage: a restored searcher reopens this run's file (``SweepFolder.staged_locally``) and keeps writing the same study.
+The searcher drives Optuna through its public ask-and-tell API: ``study.ask`` proposes, each task's report becomes
+an intermediate value, ``study.tell`` records how the trial ended. What ``optuna-dashboard`` shows is then the
+sweep: objectives by name, learning curves up to where ASHA stopped a trial, and on each trial its Tune trial ID
+and the ``ness_sweep.train`` line that reruns it.
+
+Tune pickles the searcher (``tuner.pkl`` at the start, its state at every experiment checkpoint) and a resume
+restores it from those pickles. A pickled SQLite storage would reconnect to the path of the run that pickled it
+(a staging folder since deleted, or a folder the sweep moved from), so the searcher pickles no connection: the
+driver attaches the restored searcher to this run's file (``SweepFolder.staged_locally``) and it keeps writing
+the same study, its TPE sampler continuing from its pickled random state.
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
+import math
 import pickle
-from typing import Any, Dict, List, Optional
+import warnings
+from types import SimpleNamespace
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import optuna
+import pyarrow.fs as pafs
 from optuna.trial import TrialState
 from ray.tune.search import Searcher
-from ray.tune.search.optuna import OptunaSearch
+
+from ..config import UserError
+from ..report import TPE_STARTUP_TRIALS, train_command
+from .callbacks import ResultsTable
+from .plan import SweepPlan
 
 TUNE_TRIAL_ID = "trial_id"  # user attribute of each study trial: the Tune trial (results.parquet's trial_id)
-_LIVE = ("_storage", "_ot_study", "_ot_trials")  # a connection to one run's file: never pickled
+RERUN_COMMAND = "rerun"  # user attribute of each study trial: the line that reruns it (report.train_command)
+INTERMEDIATE_VALUES = "intermediate_values"  # user attribute of the study: what its trials' intermediate values are
+_LIVE = ("_study", "_storage", "_trials", "_reported", "_rerun", "database")  # this run's: never pickled
 
 
 def sqlite_storage(database: str) -> optuna.storages.RDBStorage:
     return optuna.storages.RDBStorage(f"sqlite:///{database}")
 
 
-class FinalMetricsOptunaSearch(OptunaSearch):
-    """Optuna judges a trial by its final metrics only: per-task reports do not carry them, and a trial
-    the scheduler stopped early (or that diverged) counts as pruned, one that raised as failed. The study's
-    COMPLETE trials are the table's TERMINATED rows, across resumes too."""
+def tune_objective(plan: SweepPlan) -> Tuple[Any, Any]:
+    """Metric and mode as Tune's searchers take them: one name and mode, or lists for several objectives."""
+    return (plan.metrics, plan.modes) if len(plan.metrics) > 1 else (plan.metrics[0], plan.modes[0])
 
-    database: Optional[str] = None  # the SQLite file this run writes; None: in memory
 
-    @property
-    def _metrics(self) -> List[str]:
-        return self.metric if isinstance(self.metric, list) else [self.metric]
+def study_name(plan: SweepPlan, method: Optional[str] = None) -> str:
+    """The sweep's name; in a sweep over methods each method's study is ``SWEEP/METHOD``."""
+    return plan.name if method is None else f"{plan.name}/{method}"
 
-    def _complete(self, result: Optional[Dict[str, Any]]) -> bool:
-        return bool(result) and all(result.get(m) is not None for m in self._metrics)
 
-    def _ended_in_study(self, trial_id: str) -> Optional[TrialState]:
-        """The study trial's state when it has ended already: a resume runs again a trial whose end the
-        study recorded after Tune's last checkpoint, or (resume_errored) one that had failed."""
-        trial = self._ot_trials.get(trial_id)
-        if trial is None:
-            return None
-        state = self._ot_study._storage.get_trial(trial._trial_id).state
-        return state if state.is_finished() else None
+def study_names(plan: SweepPlan) -> List[str]:
+    """Every study the sweep writes into optuna.db."""
+    if not plan.by_method:
+        return [study_name(plan)]
+    return [study_name(plan, str(method)) for method in plan.space.search["method"].values]
+
+
+@contextlib.contextmanager
+def quiet_optuna() -> Iterator[None]:
+    """Optuna logs at INFO each study it creates or loads ("Using an existing study with name ..."); the sweep
+    prints lines of its own, so Optuna's are muted while the searcher calls it (and only then)."""
+    level = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        yield
+    finally:
+        optuna.logging.set_verbosity(level)
+
+
+def rerun_line(plan: SweepPlan) -> Callable[[str, Dict[str, Any]], str]:
+    """The ``ness_sweep.train`` line that reruns a Tune trial of the search from its config: ``report.train_command``
+    on the row the results table holds for it (its config cells, and an empty table of the table's schema)."""
+    rows = ResultsTable(plan)
+    table = rows.schema.empty_table()
+    return lambda trial_id, config: train_command(
+        rows.config_cells(SimpleNamespace(trial_id=trial_id, config=config)), table)
+
+
+class StudySearch(Searcher):
+    """One Optuna study proposing the sweep's trials (TPE, seeded by ``sweep.seed``).
+
+    Optuna judges a trial by its final metrics only: a trial the scheduler stopped early (or that diverged)
+    counts as PRUNED, one that raised as FAIL. The study's COMPLETE trials are the table's TERMINATED rows,
+    across resumes too. Each task's ``plan.signal`` (``valid_acc_seen``, what ASHA compares) is the trial's
+    intermediate value at step = the task's number, for a single objective to maximise only: Optuna refuses
+    intermediate values in a multi-objective study, and its TPE ranks pruned trials by their last intermediate
+    value in the objective's direction (the signal is better high). A pruned trial's value is that last
+    intermediate value (Optuna's rule): the study says so in its ``intermediate_values`` user attribute.
+    """
+
+    def __init__(self, plan: SweepPlan, space: Dict[str, Any], method: Optional[str] = None):
+        super().__init__(*tune_objective(plan))
+        self.space = {key: dist.to_optuna() for key, dist in space.items()}
+        self.name = study_name(plan, method)
+        self.directions = ["maximize" if mode == "max" else "minimize" for mode in plan.modes]
+        self.metrics = list(plan.metrics)
+        self.signal = plan.signal if plan.modes == ["max"] else None
+        self.method = method  # a study of a sweep over methods: the Tune config's ``method``, for the rerun line
+        self.sampler = optuna.samplers.TPESampler(seed=plan.cfg.sweep.seed, n_startup_trials=TPE_STARTUP_TRIALS)
+        self.numbers: Dict[str, int] = {}  # Tune trial id -> study trial number
+        self.database: Optional[str] = None
+        self._study: Optional[optuna.Study] = None
+
+    def attach(self, plan: SweepPlan, database: Optional[str]) -> None:
+        """Write the study in the SQLite file ``database`` (None: in memory): this run's file, also after a resume."""
+        self.database, self._rerun = database, rerun_line(plan)
+        self._study = None
+
+    def open(self) -> optuna.Study:
+        """The study, opened on first use (after ``attach``, and after a restore: Tune restores the saved search
+        first). The trials the searcher knows are taken back (those the file holds), and the study's running
+        trials it does not know are failed (asked after Tune's last checkpoint, before the driver died)."""
+        if self._study is not None:
+            return self._study
+        self._storage = sqlite_storage(self.database) if self.database else optuna.storages.InMemoryStorage()
+        with quiet_optuna():
+            study = optuna.create_study(storage=self._storage, sampler=self.sampler, pruner=optuna.pruners.NopPruner(),
+                                        study_name=self.name, directions=self.directions, load_if_exists=True)
+        with warnings.catch_warnings():  # "experimental" since Optuna 3.2: optuna-dashboard reads it all the same
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names(self.metrics)
+        if self.signal:
+            study.set_user_attr(INTERMEDIATE_VALUES, f"{self.signal} after each task (step: the task's number); a "
+                                                     "pruned trial's value is its last one")
+        stored = {trial.number: trial for trial in study.get_trials(deepcopy=False)}
+        self.numbers = {tune_id: number for tune_id, number in self.numbers.items()
+                        if number in stored and stored[number].user_attrs.get(TUNE_TRIAL_ID) == tune_id}
+        self._trials: Dict[str, optuna.Trial] = {}
+        self._reported = {tune_id: set(stored[number].intermediate_values) for tune_id, number in self.numbers.items()}
+        known = set(self.numbers.values())
+        for number, trial in stored.items():
+            if trial.state == TrialState.RUNNING and number not in known:
+                study.tell(number, state=TrialState.FAIL)
+        self._study = study
+        return study
+
+    def _stored(self, trial_id: str) -> optuna.trial.FrozenTrial:
+        """The study trial of a Tune trial as the file holds it now."""
+        self.open()
+        return self._storage.get_trial(self._storage_id(trial_id))
+
+    def _storage_id(self, trial_id: str) -> int:
+        study_id = self._storage.get_study_id_from_name(self.name)
+        return self._storage.get_trial_id_from_study_id_trial_number(study_id, self.numbers[trial_id])
+
+    def _trial(self, trial_id: str) -> optuna.Trial:
+        """The running study trial of a Tune trial (after a resume, found by its number)."""
+        if trial_id not in self._trials:
+            self._trials[trial_id] = optuna.trial.Trial(self.open(), self._storage_id(trial_id))
+        return self._trials[trial_id]
 
     def suggest(self, trial_id: str) -> Optional[Dict]:
-        self._open_study()
-        new = trial_id not in self._ot_trials
-        params = super().suggest(trial_id)
-        if new:
-            self._ot_trials[trial_id].set_user_attr(TUNE_TRIAL_ID, trial_id)
-        return params
+        study = self.open()
+        if trial_id in self.numbers:
+            return dict(self._stored(trial_id).params)
+        trial = study.ask(self.space)
+        config = dict(trial.params)
+        trial.set_user_attr(TUNE_TRIAL_ID, trial_id)
+        trial.set_user_attr(RERUN_COMMAND, self._rerun(trial_id, {**config, **self._fixed()}))
+        self.numbers[trial_id], self._trials[trial_id], self._reported[trial_id] = trial.number, trial, set()
+        return config
+
+    def _fixed(self) -> Dict[str, Any]:
+        return {"method": self.method} if self.method else {}
 
     def on_trial_result(self, trial_id: str, result: Dict[str, Any]) -> None:
-        self._open_study()
-        if self._complete(result) and self._ended_in_study(trial_id) is None:
-            super().on_trial_result(trial_id, result)
+        """The signal of every task the report's history holds that the study lacks (a trial resumed elsewhere
+        reports its whole history)."""
+        if self.signal is None or trial_id not in self.numbers or self._stored(trial_id).state.is_finished():
+            return
+        reported = self._reported[trial_id]
+        for entry in result.get("history") or []:  # trial.task_history: one entry per finished task
+            if entry["task"] not in reported and _finite(entry.get(self.signal)):
+                self._trial(trial_id).report(entry[self.signal], entry["task"])
+                reported.add(entry["task"])
 
     def on_trial_complete(self, trial_id: str, result: Optional[Dict[str, Any]] = None, error: bool = False) -> None:
-        self._open_study()
-        if trial_id not in self._ot_trials:  # a URI sweep's driver died before copying its study back
+        if trial_id not in self.numbers:  # a URI sweep's driver died before copying its study back
             return
-        result = result if self._complete(result) else None
-        ended = self._ended_in_study(trial_id)
-        if ended is None:
-            super().on_trial_complete(trial_id, result, error)
-        elif result and ended != TrialState.COMPLETE:  # failed before, finished now: record the finish
-            self._record_finish_again(trial_id, result)
-        self._completed_trials.add(trial_id)
+        values = [result[m] for m in self.metrics] if result and all(_finite(result.get(m)) for m in self.metrics) \
+            else None
+        if result:
+            self.on_trial_result(trial_id, result)  # Tune passes the result that ends a trial here only
+        ended = self._stored(trial_id)
+        study = self.open()
+        if not ended.state.is_finished():
+            state = TrialState.COMPLETE if values else TrialState.FAIL if error else TrialState.PRUNED
+            study.tell(self.numbers[trial_id], values, state=state)
+        elif values and ended.state != TrialState.COMPLETE:  # failed before, finished now: record the finish
+            self._record_finish_again(trial_id, ended, values, result)
 
-    def _record_finish_again(self, trial_id: str, result: Dict[str, Any]) -> None:
-        earlier = self._ot_study._storage.get_trial(self._ot_trials[trial_id]._trial_id)
-        self._ot_study.add_trial(optuna.trial.create_trial(
-            params=earlier.params, distributions=earlier.distributions, user_attrs={TUNE_TRIAL_ID: trial_id},
-            values=[result[m] for m in self._metrics], state=TrialState.COMPLETE))
+    def _record_finish_again(self, trial_id: str, earlier: optuna.trial.FrozenTrial, values: List[float],
+                             result: Dict[str, Any]) -> None:
+        """A trial that failed (or was failed when a driver died) and that a resume ran to its end: a new
+        COMPLETE study trial with its params, user attributes and learning curve, which the Tune trial maps to."""
+        curve = {entry["task"]: entry[self.signal] for entry in result.get("history") or []
+                 if self.signal and _finite(entry.get(self.signal))}
+        study = self.open()
+        study.add_trial(optuna.trial.create_trial(
+            params=earlier.params, distributions=earlier.distributions, user_attrs=earlier.user_attrs,
+            values=values, intermediate_values=curve, state=TrialState.COMPLETE))
+        self.numbers[trial_id] = len(study.get_trials(deepcopy=False)) - 1
+        self._trials.pop(trial_id, None)
+        self._reported[trial_id] = set(curve)
 
     # ---- pickling: Tune saves the search, never the connection ----------------------------------
 
+    def get_state(self) -> Dict[str, Any]:
+        """The search without this run's connection, file and rerun line: ``attach`` gives a restored one its own."""
+        return {key: value for key, value in self.__dict__.items() if key not in _LIVE}
+
+    def set_state(self, state: Dict[str, Any]) -> None:
+        """The search as saved, still attached to this run's file (reopened on next use)."""
+        self.__dict__.update(state)
+        self._study = None
+
     def __getstate__(self) -> Dict[str, Any]:
-        """The search without its connection; ``database`` stays, and a resume sets its own."""
-        state = {key: value for key, value in self.__dict__.items() if key not in _LIVE}
-        if self._ot_study is not None:
-            state["_sampler"] = self._ot_study.sampler  # its random state: a resume proposes as the sweep would
-            state["_trial_ids"] = {tune_id: trial._trial_id for tune_id, trial in self._ot_trials.items()}
-        return state
+        return self.get_state()
 
     def __setstate__(self, state: Dict[str, Any]) -> None:
         self.__dict__.update(state)
-        self._storage, self._ot_study, self._ot_trials = None, None, {}
+        self.database, self._study = None, None
 
     def save(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "wb") as file:
-            pickle.dump(self.__getstate__(), file)
+            pickle.dump(self.get_state(), file)
 
     def restore(self, checkpoint_path: str) -> None:
-        database = self.database
         with open(checkpoint_path, "rb") as file:
-            self.__setstate__(pickle.load(file))
-        self.database = database
+            self.set_state(pickle.load(file))
 
-    def _open_study(self) -> None:
-        """After a restore: open this run's file, take the trials the saved search knows back, and fail the
-        study's running trials it does not know (asked after Tune's last checkpoint, before the driver died)."""
-        if self._ot_study is not None:
-            return
-        self._storage = sqlite_storage(self.database) if self.database else None
-        self._setup_study(self._mode)
-        study = self._ot_study
-        stored = {trial._trial_id: trial for trial in study.get_trials(deepcopy=False)}
-        self._ot_trials = {tune_id: optuna.trial.Trial(study, optuna_id)
-                           for tune_id, optuna_id in getattr(self, "_trial_ids", {}).items() if optuna_id in stored}
-        known = {trial._trial_id for trial in self._ot_trials.values()}
-        for optuna_id, trial in stored.items():
-            if trial.state == TrialState.RUNNING and optuna_id not in known:
-                study.tell(trial.number, state=TrialState.FAIL)
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
 
 
 class PerMethodSearch(Searcher):
@@ -126,22 +244,19 @@ class PerMethodSearch(Searcher):
     would give them unequal budgets (it favours the method that looks best early) and share one learning rate
     model across methods whose good rates differ."""
 
-    def __init__(self, searchers: Dict[str, FinalMetricsOptunaSearch], per_method: int, metric, mode):
-        super().__init__(metric=metric, mode=mode)
-        self.searchers, self.per_method = searchers, per_method
+    def __init__(self, plan: SweepPlan, searchers: Dict[str, StudySearch]):
+        super().__init__(*tune_objective(plan))
+        self.searchers, self.per_method = searchers, plan.num_samples
         self.method_of: Dict[str, str] = {}  # Tune trial id -> the method whose study proposed it
-        self._database: Optional[str] = None
 
-    @property
-    def database(self) -> Optional[str]:
-        return self._database
-
-    @database.setter
-    def database(self, path: Optional[str]) -> None:
+    def attach(self, plan: SweepPlan, database: Optional[str]) -> None:
         """This run's copy of optuna.db, for every method's study."""
-        self._database = path
         for searcher in self.searchers.values():
-            searcher.database = path
+            searcher.attach(plan, database)
+
+    def open(self) -> None:
+        for searcher in self.searchers.values():
+            searcher.open()
 
     def suggest(self, trial_id: str) -> Optional[Dict]:
         """The next method in turn (the one with the fewest trials, in the space's order) proposes."""
@@ -166,10 +281,39 @@ class PerMethodSearch(Searcher):
 
     def save(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "wb") as file:
-            pickle.dump({"searchers": self.searchers, "method_of": self.method_of}, file)
+            pickle.dump({"searchers": {m: s.get_state() for m, s in self.searchers.items()},
+                         "method_of": self.method_of}, file)
 
     def restore(self, checkpoint_path: str) -> None:
+        """Each method's search as saved, still attached to this run's file."""
         with open(checkpoint_path, "rb") as file:
             state = pickle.load(file)
-        self.searchers, self.method_of = state["searchers"], state["method_of"]
-        self.database = self._database
+        for method, saved in state["searchers"].items():
+            self.searchers[method].set_state(saved)
+        self.method_of = state["method_of"]
+
+
+def check_resumable_study(plan: SweepPlan, out: Callable[[str], None]) -> None:
+    """Before a resume starts Ray: the sweep's optuna.db is there and opens, with every study the sweep writes.
+
+    A missing or unreadable file is refused in one line (UserError), nothing changed: continuing would give TPE
+    an empty study and break the record that the study's COMPLETE trials are the table's finished rows. A sweep
+    folder on a URI receives its optuna.db when a driver ends; one killed in its first run left none there: that
+    resume continues with a new study, and says so.
+    """
+    from ..report_page import opened_study  # plotly loads only on a resume
+
+    folder = plan.folder
+    shown = folder.shown(folder.OPTUNA)
+    if not folder.exists(folder.OPTUNA):
+        if isinstance(folder.filesystem, pafs.LocalFileSystem):
+            raise UserError(f"resume=true: {shown} is missing: the sweep's Optuna study (the trials TPE learns from) "
+                            "is gone; put the file back, or start a new sweep")
+        out(f"warning: {shown} is missing (the driver that started the sweep was killed before copying its study "
+            "there): the resume continues with a new Optuna study, and TPE learns from the trials that end from now on")
+        return
+    for name in study_names(plan):
+        with opened_study(folder.filesystem, folder.path(), name) as (study, why):
+            if study is None:
+                raise UserError(f"resume=true: {shown} cannot be continued ({why}); put back a good copy, or start "
+                                "a new sweep")

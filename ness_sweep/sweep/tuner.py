@@ -4,6 +4,7 @@ write the results; ``run_sweep`` is the one entry point."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
 import os
@@ -12,7 +13,6 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Optional, Sequence
 
-import optuna
 import pyarrow as pa
 import ray
 import torch
@@ -21,19 +21,20 @@ from ray.tune.logger import JsonLoggerCallback
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
 from .. import environment, results
-from ..environment import TUNE_SETTINGS
 from ..benchmarks import stream_for, stream_settings
 from ..config import UserError, first_line, joins_cluster
 from ..data import TaskStream
-from . import dashboards
+from ..environment import TUNE_SETTINGS
 from ..results import Stage
-from .callbacks import ProgressLines, ResultsTable
-from .confirm import CONFIRM_DIR, FixedConfigs, confirmation_configs, search_complete
+from . import dashboards
+from .callbacks import FailedWrites, ProgressLines, ResultsTable
 from .code import check_models_fit, shipped_modules
+from .confirm import CONFIRM_DIR, FixedConfigs, confirmation_configs, search_complete
+from .lock import claimed
 from .plan import SweepPlan, machine_cpus, stream_key, stream_variants, trial_run_config, write_plan
 from .preview import trials_at_once
 from .progress import EpochSender, LiveProgress, epoch_sender
-from .study import FinalMetricsOptunaSearch, PerMethodSearch, sqlite_storage
+from .study import PerMethodSearch, StudySearch, check_resumable_study
 from .trial import run_trial
 
 
@@ -41,23 +42,13 @@ def make_searcher(plan: SweepPlan, database: Optional[str] = None):
     """Optuna's TPE over the space, seeded by sweep.seed: the same command proposes the same configurations.
     The study, named after the sweep, lives in the SQLite file ``database`` (``optuna.db``); None: in memory.
     A space searching ``method`` gets one study per method, ``SWEEP/METHOD`` (``PerMethodSearch``)."""
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    multi = len(plan.metrics) > 1
-    metric, mode = (plan.metrics, plan.modes) if multi else (plan.metrics[0], plan.modes[0])
-
-    def study(space: Dict[str, Any], name: str) -> FinalMetricsOptunaSearch:
-        searcher = FinalMetricsOptunaSearch(
-            space={key: dist.to_optuna() for key, dist in space.items()}, metric=metric, mode=mode,
-            seed=plan.cfg.sweep.seed, study_name=name, storage=sqlite_storage(database) if database else None)
-        searcher.database = database
-        return searcher
-
     if not plan.by_method:
-        return study(plan.space.search, plan.name)
-    methods = [str(method) for method in plan.space.search["method"].values]
-    searcher = PerMethodSearch({m: study(plan.method_space(m), f"{plan.name}/{m}") for m in methods},
-                               plan.num_samples, metric, mode)
-    searcher.database = database
+        searcher = StudySearch(plan, plan.space.search)
+    else:
+        methods = [str(method) for method in plan.space.search["method"].values]
+        searcher = PerMethodSearch(plan, {m: StudySearch(plan, plan.method_space(m), m) for m in methods})
+    searcher.attach(plan, database)
+    searcher.open()  # optuna.db exists from the start
     return searcher
 
 
@@ -139,19 +130,27 @@ class SweepOutcome:
     concurrency: int
 
 
-def run_sweep(plan: SweepPlan, out: Callable[[str], None] = print) -> SweepOutcome:
+def run_sweep(plan: SweepPlan, out: Callable[[str], None] = print,
+              held: Optional[contextlib.ExitStack] = None) -> SweepOutcome:
     """Run the planned sweep, the search and then its confirmation; returns the results table as written to
-    ``results.parquet``."""
+    ``results.parquet``. The sweep folder is this driver's alone (``lock.claimed``) until ``held`` closes, when
+    given (the caller writes more files into the folder), else until this returns. A file of the folder that
+    cannot be written stops the sweep with ``results.WriteFailed`` (``FailedWrites``), resumable."""
+    if held is None:
+        with contextlib.ExitStack() as held:
+            return run_sweep(plan, out, held)
     started = time.perf_counter()
+    if plan.cfg.resume:
+        check_resumable_study(plan, out)  # before Ray starts: a study that cannot be continued is refused
     if plan.cfg.wandb.mode != "disabled":
         threading.Thread(target=_import_wandb, daemon=True).start()  # ~1 s, overlapping Ray's start
     streams = load_streams(plan)
     num_tasks = max(len(stream.tasks) for stream in streams.values())
-    folder = plan.folder
     connected = connect_ray(plan, shipped_modules(plan.cfg, plan.space.search, streams.values()))
     try:
+        held.enter_context(claimed(plan, out))  # an automatic name taken meanwhile: plan.name moves on
+        folder = plan.folder
         if not plan.cfg.resume:
-            folder.filesystem.create_dir(folder.path(), recursive=True)
             write_plan(plan)
         parallel = concurrency(plan)
         out(f"sweep {plan.name}: {plan.trials_text()} of {plan.space.source}, {parallel} at a time, "
@@ -164,7 +163,7 @@ def run_sweep(plan: SweepPlan, out: Callable[[str], None] = print) -> SweepOutco
                 folder.staged_locally(folder.OPTUNA, fetch=True) as study_file, _quiet_tune_errors(), \
                 environment.scoped(TUNE_SETTINGS), epoch_sender(plan) as sender:
             stage = StageRun(plan, num_tasks, parallel, out, sender, os.path.dirname(wandb_dir))
-            _tuner(plan, refs, num_tasks, parallel, stage.callbacks(Stage.SEARCH), study_file, sender).fit()
+            stage.fit(_tuner(plan, refs, num_tasks, parallel, stage.callbacks(Stage.SEARCH), study_file, sender))
             del refs
             if plan.cfg.sweep.confirm_top:
                 _confirm(plan, stage)
@@ -185,15 +184,26 @@ class StageRun:
     out: Callable[[str], None]
     sender: Optional[EpochSender]
     wandb_dir: str
+    failed_writes: FailedWrites = dataclasses.field(default_factory=FailedWrites)
 
     def callbacks(self, stage: str, total: Optional[int] = None) -> list:
         plan = self.plan
         callbacks = [ProgressLines(plan, self.num_tasks, self.out, total),
                      LiveProgress(plan, self.num_tasks, self.parallel, self.out, self.sender, total),
-                     ResultsTable(plan, stage), JsonLoggerCallback()]  # Tune's result.json: Ray's readers work
+                     ResultsTable(plan, stage, self.failed_writes),
+                     JsonLoggerCallback()]  # Tune's result.json: Ray's readers work
         if plan.cfg.wandb.mode != "disabled":
             callbacks.append(dashboards.WandbRuns(plan, self.wandb_dir))  # after ResultsTable: reads its table
-        return callbacks
+        return callbacks + [self.failed_writes]  # last: ends the run once the others have had their say
+
+    def fit(self, tuner: tune.Tuner) -> None:
+        """Run one stage; a driver-side write that failed ends it with that failure, whatever Tune's cleanup
+        raised after it."""
+        try:
+            tuner.fit()
+        except Exception:
+            self.failed_writes.raise_first()
+            raise
 
 
 def _confirm(plan: SweepPlan, stage: StageRun) -> None:
@@ -234,7 +244,7 @@ def _confirm(plan: SweepPlan, stage: StageRun) -> None:
                 name=CONFIRM_DIR, storage_path=folder.path(), storage_filesystem=folder.filesystem, verbose=0,
                 callbacks=callbacks, failure_config=tune.FailureConfig(max_failures=trial.max_failures),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=2)))
-    tuner.fit()
+    stage.fit(tuner)
 
 
 def _benchmarks(streams: Dict[str, TaskStream]) -> str:
@@ -273,7 +283,7 @@ def _tuner(plan: SweepPlan, streams: Dict[str, Any], num_tasks: int, parallel: i
         tuner = tune.Tuner.restore(folder.path(), trainable, resume_errored=True, storage_filesystem=fs)
         search = _replace_run_settings(tuner, callbacks, failures, parallel)
         if search is not None:
-            search.database = study_file  # this run's copy of optuna.db
+            search.attach(plan, study_file)  # this run's copy of optuna.db
         return tuner
     return tune.Tuner(
         trainable,

@@ -24,22 +24,32 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import optuna
 import pyarrow.fs as pafs
+import sqlalchemy.exc
 from optuna.trial import TrialState
 from ray.tune.search import Searcher
 
-from ..config import UserError
+from ..config import UserError, first_line
 from ..report import TPE_STARTUP_TRIALS, train_command
-from .callbacks import ResultsTable
+from ..results import WriteFailed
+from .callbacks import FailedWrites, ResultsTable
 from .plan import SweepPlan
 
 TUNE_TRIAL_ID = "trial_id"  # user attribute of each study trial: the Tune trial (results.parquet's trial_id)
 RERUN_COMMAND = "rerun"  # user attribute of each study trial: the line that reruns it (report.train_command)
 INTERMEDIATE_VALUES = "intermediate_values"  # user attribute of the study: what its trials' intermediate values are
-_LIVE = ("_study", "_storage", "_trials", "_reported", "_rerun", "database")  # this run's: never pickled
+# this run's own: never pickled
+_LIVE = ("_study", "_storage", "_trials", "_reported", "_rerun", "database", "failed_writes")
+# what a failed write of optuna.db raises: SQLite's errors through SQLAlchemy, the file system's, Optuna's wrapper
+STORAGE_ERRORS = (OSError, sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError)
 
 
 def sqlite_storage(database: str) -> optuna.storages.RDBStorage:
     return optuna.storages.RDBStorage(f"sqlite:///{database}")
+
+
+def storage_failure(database: Optional[str], error: Exception) -> WriteFailed:
+    """``cannot write .../optuna.db (database or disk is full)``: the file and the cause, in one line."""
+    return WriteFailed(f"cannot write {database or 'the in-memory study'} ({first_line(error)})")
 
 
 def tune_objective(plan: SweepPlan) -> Tuple[Any, Any]:
@@ -103,12 +113,26 @@ class StudySearch(Searcher):
         self.sampler = optuna.samplers.TPESampler(seed=plan.cfg.sweep.seed, n_startup_trials=TPE_STARTUP_TRIALS)
         self.numbers: Dict[str, int] = {}  # Tune trial id -> study trial number
         self.database: Optional[str] = None
+        self.failed_writes: Optional[FailedWrites] = None
         self._study: Optional[optuna.Study] = None
 
-    def attach(self, plan: SweepPlan, database: Optional[str]) -> None:
-        """Write the study in the SQLite file ``database`` (None: in memory): this run's file, also after a resume."""
-        self.database, self._rerun = database, rerun_line(plan)
+    def attach(self, plan: SweepPlan, database: Optional[str], failed_writes: Optional[FailedWrites] = None) -> None:
+        """Write the study in the SQLite file ``database`` (None: in memory): this run's file, also after a resume.
+        A write that fails goes to ``failed_writes``, which ends the run (Tune would blame the trial whose
+        event the searcher was handling); without it, it raises."""
+        self.database, self._rerun, self.failed_writes = database, rerun_line(plan), failed_writes
         self._study = None
+
+    @contextlib.contextmanager
+    def writing(self) -> Iterator[None]:
+        """Around every call that writes optuna.db: a failure is the driver's, one line naming the file."""
+        try:
+            yield
+        except STORAGE_ERRORS as error:
+            failure = storage_failure(self.database, error)
+            if self.failed_writes is None:
+                raise failure from None
+            self.failed_writes.record(failure)
 
     def open(self) -> optuna.Study:
         """The study, opened on first use (after ``attach``, and after a restore: Tune restores the saved search
@@ -154,6 +178,19 @@ class StudySearch(Searcher):
         return self._trials[trial_id]
 
     def suggest(self, trial_id: str) -> Optional[Dict]:
+        with self.writing():
+            return self._suggest(trial_id)
+        return None  # optuna.db could not be written: no trial, and the run ends at its next step
+
+    def on_trial_result(self, trial_id: str, result: Dict[str, Any]) -> None:
+        with self.writing():
+            self._on_trial_result(trial_id, result)
+
+    def on_trial_complete(self, trial_id: str, result: Optional[Dict[str, Any]] = None, error: bool = False) -> None:
+        with self.writing():
+            self._on_trial_complete(trial_id, result, error)
+
+    def _suggest(self, trial_id: str) -> Optional[Dict]:
         study = self.open()
         if trial_id in self.numbers:
             return dict(self._stored(trial_id).params)
@@ -167,7 +204,7 @@ class StudySearch(Searcher):
     def _fixed(self) -> Dict[str, Any]:
         return {"method": self.method} if self.method else {}
 
-    def on_trial_result(self, trial_id: str, result: Dict[str, Any]) -> None:
+    def _on_trial_result(self, trial_id: str, result: Dict[str, Any]) -> None:
         """The signal of every task the report's history holds that the study lacks (a trial resumed elsewhere
         reports its whole history)."""
         if self.signal is None or trial_id not in self.numbers or self._stored(trial_id).state.is_finished():
@@ -178,13 +215,13 @@ class StudySearch(Searcher):
                 self._trial(trial_id).report(entry[self.signal], entry["task"])
                 reported.add(entry["task"])
 
-    def on_trial_complete(self, trial_id: str, result: Optional[Dict[str, Any]] = None, error: bool = False) -> None:
+    def _on_trial_complete(self, trial_id: str, result: Optional[Dict[str, Any]], error: bool) -> None:
         if trial_id not in self.numbers:  # a URI sweep's driver died before copying its study back
             return
         values = [result[m] for m in self.metrics] if result and all(_finite(result.get(m)) for m in self.metrics) \
             else None
         if result:
-            self.on_trial_result(trial_id, result)  # Tune passes the result that ends a trial here only
+            self._on_trial_result(trial_id, result)  # Tune passes the result that ends a trial here only
         ended = self._stored(trial_id)
         study = self.open()
         if not ended.state.is_finished():
@@ -249,10 +286,10 @@ class PerMethodSearch(Searcher):
         self.searchers, self.per_method = searchers, plan.num_samples
         self.method_of: Dict[str, str] = {}  # Tune trial id -> the method whose study proposed it
 
-    def attach(self, plan: SweepPlan, database: Optional[str]) -> None:
+    def attach(self, plan: SweepPlan, database: Optional[str], failed_writes: Optional[FailedWrites] = None) -> None:
         """This run's copy of optuna.db, for every method's study."""
         for searcher in self.searchers.values():
-            searcher.attach(plan, database)
+            searcher.attach(plan, database, failed_writes)
 
     def open(self) -> None:
         for searcher in self.searchers.values():

@@ -34,21 +34,26 @@ from .lock import claimed
 from .plan import SweepPlan, machine_cpus, stream_key, stream_variants, trial_run_config, write_plan
 from .preview import trials_at_once
 from .progress import EpochSender, LiveProgress, epoch_sender
-from .study import PerMethodSearch, StudySearch, check_resumable_study
+from .study import STORAGE_ERRORS, PerMethodSearch, StudySearch, check_resumable_study, storage_failure
 from .trial import run_trial
 
 
-def make_searcher(plan: SweepPlan, database: Optional[str] = None):
-    """Optuna's TPE over the space, seeded by sweep.seed: the same command proposes the same configurations.
-    The study, named after the sweep, lives in the SQLite file ``database`` (``optuna.db``); None: in memory.
-    A space searching ``method`` gets one study per method, ``SWEEP/METHOD`` (``PerMethodSearch``)."""
+def make_searcher(plan: SweepPlan, database: Optional[str] = None, failed_writes: Optional[FailedWrites] = None):
+    """Optuna's TPE over the space, seeded by sweep.seed: the same command proposes the same configurations
+    when trials run one at a time (with several at once, the order they end in may differ). The study, named
+    after the sweep, lives in the SQLite file ``database`` (``optuna.db``); None: in memory. A space searching
+    ``method`` gets one study per method, ``SWEEP/METHOD`` (``PerMethodSearch``). A write of the study that
+    fails goes to ``failed_writes`` once Tune runs."""
     if not plan.by_method:
         searcher = StudySearch(plan, plan.space.search)
     else:
         methods = [str(method) for method in plan.space.search["method"].values]
         searcher = PerMethodSearch(plan, {m: StudySearch(plan, plan.method_space(m), m) for m in methods})
-    searcher.attach(plan, database)
-    searcher.open()  # optuna.db exists from the start
+    searcher.attach(plan, database, failed_writes)
+    try:
+        searcher.open()  # optuna.db exists from the start
+    except STORAGE_ERRORS as error:  # before Tune runs: the sweep stops at once
+        raise storage_failure(database, error) from None
     return searcher
 
 
@@ -163,7 +168,8 @@ def run_sweep(plan: SweepPlan, out: Callable[[str], None] = print,
                 folder.staged_locally(folder.OPTUNA, fetch=True) as study_file, _quiet_tune_errors(), \
                 environment.scoped(TUNE_SETTINGS), epoch_sender(plan) as sender:
             stage = StageRun(plan, num_tasks, parallel, out, sender, os.path.dirname(wandb_dir))
-            stage.fit(_tuner(plan, refs, num_tasks, parallel, stage.callbacks(Stage.SEARCH), study_file, sender))
+            stage.fit(_tuner(plan, refs, num_tasks, parallel, stage.callbacks(Stage.SEARCH), study_file,
+                             stage.failed_writes, sender))
             del refs
             if plan.cfg.sweep.confirm_top:
                 _confirm(plan, stage)
@@ -271,7 +277,7 @@ def _import_wandb() -> None:
 
 
 def _tuner(plan: SweepPlan, streams: Dict[str, Any], num_tasks: int, parallel: int, callbacks,
-           study_file: str, sender: Optional[EpochSender] = None) -> tune.Tuner:
+           study_file: str, failed_writes: FailedWrites, sender: Optional[EpochSender] = None) -> tune.Tuner:
     trial, folder = plan.cfg.trial, plan.folder
     fs, root = folder.filesystem, folder.path().rpartition("/")[0]
     trainable = tune.with_resources(
@@ -283,11 +289,11 @@ def _tuner(plan: SweepPlan, streams: Dict[str, Any], num_tasks: int, parallel: i
         tuner = tune.Tuner.restore(folder.path(), trainable, resume_errored=True, storage_filesystem=fs)
         search = _replace_run_settings(tuner, callbacks, failures, parallel)
         if search is not None:
-            search.attach(plan, study_file)  # this run's copy of optuna.db
+            search.attach(plan, study_file, failed_writes)  # this run's copy of optuna.db
         return tuner
     return tune.Tuner(
         trainable,
-        tune_config=tune.TuneConfig(search_alg=make_searcher(plan, study_file),
+        tune_config=tune.TuneConfig(search_alg=make_searcher(plan, study_file, failed_writes),
                                     scheduler=make_scheduler(plan, num_tasks),
                                     num_samples=plan.total_trials, max_concurrent_trials=parallel, reuse_actors=True,
                                     trial_dirname_creator=_trial_dirname),

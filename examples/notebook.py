@@ -12,18 +12,18 @@ them. Bad input raises ``ness_sweep.config.UserError`` before any work.
 import ness_sweep
 
 # %% One NESS run on the example benchmark (rotated digits, examples/my_benchmark.py), quietly.
-run = ness_sweep.train(benchmark="my_benchmark:rotated_digits", train={"epochs": 3}, out=None)
+run = ness_sweep.train(benchmark="my_benchmark:rotated_digits", train={"epochs": 2}, out=None)
 print(f"NESS:      ACC {run.acc:.2f}  BWT {run.bwt:.2f}  ranks after task 2: {run.runs[0]['diagnostics'][1]}")
 
 # %% The forgetting baseline on the same stream and seed.
-baseline = ness_sweep.train("method=finetune", benchmark="my_benchmark:rotated_digits", train={"epochs": 3},
+baseline = ness_sweep.train("method=finetune", benchmark="my_benchmark:rotated_digits", train={"epochs": 2},
                             out=None)
 print(f"fine-tune: ACC {baseline.acc:.2f}  BWT {baseline.bwt:.2f}")
 
 # %% A small sweep over the threshold and learning rate with the example CNN, chosen on validation data; its
 # best configuration is then rerun on two fresh seeds (the confirmation). Every trial and rerun is a row.
 found = ness_sweep.sweep(space="smoke", benchmark="my_benchmark:rotated_digits", model="my_model:build",
-                         train={"epochs": 2}, sweep={"num_samples": 3, "scheduler": "fifo", "confirm_top": 1,
+                         train={"epochs": 2}, sweep={"num_samples": 2, "scheduler": "fifo", "confirm_top": 1,
                                                      "confirm_seeds": 2},
                          wandb={"mode": "disabled"}, out=lambda line: None)  # in ness_sweep_results/ (output_dir)
 table = found.to_pandas()

@@ -101,7 +101,7 @@ def test_the_notebook_example_runs_as_shipped(tmp_path):
     chosen = next(line for line in lines if line.startswith("chosen trial"))
     rerun = next(line for line in lines if line.startswith("rerun of its settings"))
     assert chosen.rpartition("ACC ")[2] == rerun.rpartition("ACC ")[2]  # the confirmed headline reruns exactly
-    assert sum("TERMINATED" in line for line in lines) == 5  # three search trials, two reruns of the chosen one
+    assert sum("TERMINATED" in line for line in lines) == 4  # two search trials, two reruns of the chosen one
 
 
 def test_the_torch_free_parts_import_without_torch_or_ray():

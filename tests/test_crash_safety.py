@@ -47,16 +47,16 @@ def wait_for(condition, process, timeout=120.0):
     raise AssertionError("timed out waiting for the sweep")
 
 
-def trial_worker_pids():
-    """Processes of Ray workers running a Tune trial (Ray titles them ray::ImplicitFunc.train)."""
+def trial_worker_pids(marker: str):
+    """Processes of this test's Ray workers running a Tune trial (Ray titles them ray::ImplicitFunc.train; other
+    tests' sweeps may run beside it)."""
     pids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if (entry / "cmdline").read_bytes().startswith(b"ray::ImplicitFunc.train"):
-                    pids.append(int(entry.name))
-            except OSError:
-                continue
+    for pid in processes_carrying("NESS_SWEEP_TEST_RUN", marker):
+        try:
+            if (Path("/proc") / str(pid) / "cmdline").read_bytes().startswith(b"ray::ImplicitFunc.train"):
+                pids.append(pid)
+        except OSError:
+            continue
     return pids
 
 
@@ -67,15 +67,17 @@ def test_a_killed_trial_restarts_from_its_last_task_and_matches_an_uninterrupted
                      "fixed: {train.epochs: 20}\n"
                      "sweep: {num_samples: 2, scheduler: fifo, max_concurrent: 2, confirm_top: 0}\n")
     sweep_dir = tmp_path / "twins"
+    marked = {**environment(), "NESS_SWEEP_TEST_RUN": str(tmp_path)}  # Ray's processes inherit it
     process = subprocess.Popen(sweep_command(f"space={space}", "sweep.name=twins", f"output_dir={tmp_path}",
                                              "wandb.mode=disabled"),
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=environment())
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=marked)
     try:
         def both_checkpointed():
-            return sweep_dir.is_dir() and len(list(sweep_dir.glob("*/checkpoint_*"))) >= 2 and trial_worker_pids()
+            return (sweep_dir.is_dir() and len(list(sweep_dir.glob("*/checkpoint_*"))) >= 2
+                    and trial_worker_pids(str(tmp_path)))
 
         wait_for(both_checkpointed, process)
-        os.kill(trial_worker_pids()[0], signal.SIGKILL)
+        os.kill(trial_worker_pids(str(tmp_path))[0], signal.SIGKILL)
         output, _ = process.communicate(timeout=300)
     finally:
         if process.poll() is None:

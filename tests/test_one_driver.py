@@ -145,7 +145,7 @@ def test_two_drivers_at_once_lose_no_row_and_a_table_in_the_way_stops_the_sweep_
     put where the table goes stops the sweep in one line, blaming no trial; the resume ends every trial."""
     space = tmp_path / "four.yaml"
     space.write_text("search: {train.lr: {loguniform: [0.01, 0.1]}}\n"
-                     "fixed: {train.epochs: 4}\n"
+                     "fixed: {train.epochs: 3}\n"
                      "sweep: {num_samples: 4, scheduler: fifo, max_concurrent: 1, confirm_top: 0}\n")
     sweep_dir, args = tmp_path / "shared", [f"output_dir={tmp_path}", "sweep.name=shared", "wandb.mode=disabled"]
     table_file = sweep_dir / "results.parquet"

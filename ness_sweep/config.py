@@ -1,6 +1,6 @@
 """Typed settings: one schema, command-line ``key=value`` overrides, validation before any work.
 
-Every default lives here (DESIGN.md, "one fact in one place"). ``load_run_config`` and
+Every default lives here ("one fact in one place"). ``load_run_config`` and
 ``load_sweep_config`` are the only ways in, both through ``layered``; both reject unknown keys and bad
 values with a ``UserError`` whose message is one line naming the key and what would be valid.
 """
@@ -546,10 +546,13 @@ def schema_types(schema: type) -> dict:
     return {key: hint for key, (_, _, hint) in schema_fields(schema).items()}
 
 
-def first_line(error: BaseException) -> str:
-    """An exception's message in one line (its first), or its type's name when it has none."""
+def first_line(error: BaseException, with_type: bool = False) -> str:
+    """An exception's message in one line (its first), after its type's name with ``with_type``; its type's name
+    alone when it has no message."""
     text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
+    if not text:
+        return type(error).__name__
+    return f"{type(error).__name__}: {text.splitlines()[0]}" if with_type else text.splitlines()[0]
 
 
 def help_text(schema: type = RunConfig, prefix: str = "") -> str:

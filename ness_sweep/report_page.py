@@ -25,6 +25,7 @@ from omegaconf import OmegaConf
 from plotly.offline import get_plotlyjs, get_plotlyjs_version
 
 from . import report, results
+from .config import first_line
 from .metrics import TEST
 from .plots import STUDY_FILE, Command, Section, build_sections, finished_rows, ordered_statuses, status_name
 from .results import Stage, SweepFolder
@@ -140,7 +141,7 @@ def opened_study(fs: pafs.FileSystem, root: str, name: str) -> Iterator[Tuple[An
                 raise KeyError(f"no study named {name!r} (it holds: {', '.join(names) or 'none'})")
             found, why = optuna.load_study(study_name=name, storage=storage), ""
         except Exception as error:  # sqlite3, SQLAlchemy and Optuna each raise their own types
-            found, why = None, f"{STUDY_FILE} is unreadable: {str(error).splitlines()[0] if str(error) else error!r}"
+            found, why = None, f"{STUDY_FILE} is unreadable: {first_line(error)}"
         try:
             yield found, why
         finally:

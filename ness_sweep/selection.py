@@ -1,6 +1,6 @@
-"""The selection protocol (DESIGN.md): a sweep chooses on validation metrics, then reruns its best configurations
-on fresh seeds; the winner is the confirmed configuration with the best confirmed validation mean, and its
-headline is the confirmed test numbers, shown beside the search's.
+"""The selection protocol (docs/concepts/selection.md): a sweep chooses on validation metrics, then reruns its best
+configurations on fresh seeds; the winner is the confirmed configuration with the best confirmed validation
+mean, and its headline is the confirmed test numbers, shown beside the search's.
 
 Pure functions of the results table's rows (no Ray, no files): which search rows to confirm, what their
 reruns measured, and the per-method comparison of a sweep over methods.

@@ -25,7 +25,7 @@ from typing import Callable, Iterable, List, Mapping, Optional, Sequence
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .config import UserError
+from .config import UserError, first_line
 from .data import TaskStream
 
 IMPORT_PATH = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
@@ -54,8 +54,7 @@ def resolve(key: str, name: str, registry: Mapping[str, Callable], params: Seque
 
 def describe(error: BaseException) -> str:
     """An exception as one line: type, first line of its message, and where it was raised (file:line)."""
-    text = str(error).strip()
-    line = f"{type(error).__name__}: {text.splitlines()[0]}" if text else type(error).__name__
+    line = first_line(error, with_type=True)
     frames = traceback.extract_tb(error.__traceback__)
     return f"{line} (at {frames[-1].filename}:{frames[-1].lineno})" if frames else line
 

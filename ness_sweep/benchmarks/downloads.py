@@ -15,8 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
-from ..config import UserError
-from .files import one_line
+from ..config import UserError, first_line
 
 CIFAR100_FILES = ("cifar-100-python/train", "cifar-100-python/test")
 CIFAR10_FILES = tuple(f"cifar-10-batches-py/data_batch_{i}" for i in range(1, 6)) + ("cifar-10-batches-py/test_batch",)
@@ -111,7 +110,7 @@ def download_missing(data_root: Path, sources: Sequence[str]) -> Dict[str, str]:
                     (data_root / relative).parent.mkdir(parents=True, exist_ok=True)
                     shutil.move(str(staging / relative), str(data_root / relative))
             except Exception as error:  # no network, HTTP errors, checksum mismatch, full disk
-                failures[name] = one_line(error)
+                failures[name] = first_line(error, with_type=True)
             finally:
                 shutil.rmtree(staging, ignore_errors=True)
     finally:

@@ -6,13 +6,7 @@ import pickle
 from pathlib import Path
 from typing import Callable
 
-from ..config import UserError
-
-
-def one_line(error: Exception) -> str:
-    """The first line of an error's message, or its type when the message is empty."""
-    text = str(error).strip()
-    return f"{type(error).__name__}: {text.splitlines()[0]}" if text else type(error).__name__
+from ..config import UserError, first_line
 
 
 def read_file(path: Path, what: str, reader: Callable[[Path], object]):
@@ -20,7 +14,7 @@ def read_file(path: Path, what: str, reader: Callable[[Path], object]):
     try:
         return reader(path)
     except Exception as error:  # corrupt files fail in many ways: pickle, EOF, shape, key and value errors
-        raise UserError(f"{path}: not a readable {what} file ({one_line(error)})") from None
+        raise UserError(f"{path}: not a readable {what} file ({first_line(error, with_type=True)})") from None
 
 
 def load_pickle(path: Path):

@@ -30,9 +30,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..config import UserError
+from ..config import UserError, first_line
 from ..data import Task, TaskStream, split_train_valid
-from .files import expect, one_line
+from .files import expect
 
 # mnist1d's get_dataset_args() defaults (the paper's data set), written out so that a change of the
 # package's defaults cannot silently change the benchmark; its 'url' is for downloading and is never used.
@@ -89,7 +89,7 @@ def write_cache(path: Path, arrays: Dict[str, np.ndarray], made_by: str) -> None
     except OSError as error:
         if temporary.exists():  # False, not an error, when data_root/mnist1d could not be made
             temporary.unlink()
-        raise UserError(f"{path}: cannot write the MNIST-1D cache ({one_line(error)}); "
+        raise UserError(f"{path}: cannot write the MNIST-1D cache ({first_line(error, with_type=True)}); "
                           f"data_root must be a writable folder") from None
 
 
@@ -129,8 +129,8 @@ def read_cache(path: Path, made_by: str, length: int) -> Dict[str, np.ndarray]:
             arrays = {name: f[name] for name in ARRAYS}
         check_arrays(arrays, length)
     except Exception as error:  # truncated zip, missing key, wrong arguments, dtype or shape
-        raise UserError(f"{path}: not a valid MNIST-1D cache ({one_line(error)}); delete it and the next run "
-                          f"regenerates it with the mnist1d generator") from None
+        raise UserError(f"{path}: not a valid MNIST-1D cache ({first_line(error, with_type=True)}); delete it and "
+                        "the next run regenerates it with the mnist1d generator") from None
     return arrays
 
 

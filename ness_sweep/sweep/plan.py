@@ -332,8 +332,8 @@ def _checked(check: Callable[[], Any], where: str) -> None:
 
 def _objectives(cfg: DictConfig, command_line: Dict[str, Any]) -> Tuple[List[str], List[str]]:
     """Metrics and modes; a metric named on the command line brings its natural mode unless a mode is given too.
-    Validation metrics by default; a test metric only with ``sweep.select_on_test=true`` (DESIGN.md, the selection
-    protocol): the best of many noisy test numbers is an optimistic number."""
+    Validation metrics by default; a test metric only with ``sweep.select_on_test=true`` (the selection protocol,
+    docs/concepts/selection.md): the best of many noisy test numbers is an optimistic number."""
     on_test = bool(cfg.sweep.select_on_test)
     natural = {on_split(m, split): mode for split in (VALID, TEST) for m, mode in NATURAL_MODE.items()}
     metric = cfg.sweep.metric if cfg.sweep.metric is not None else on_split("acc", TEST if on_test else VALID)

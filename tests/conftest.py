@@ -30,18 +30,3 @@ def ray_session():
     yield ray
     ray.shutdown()
 
-
-# The modules whose sweeps take longest, measured, longest first. pytest-xdist (``--dist loadfile``, pyproject's
-# addopts) hands whole modules to its two workers in collection order: with these first and the many short
-# modules after, both workers end at about the same time instead of one finishing a long module alone.
-LONGEST_MODULES = ("test_crash_safety", "test_api", "test_sweep", "test_one_driver", "test_cluster", "test_user_code",
-                   "test_progress", "test_sweep_records", "test_wandb", "test_optuna_study", "test_gpu_check",
-                   "test_method_sweeps")
-
-
-def pytest_collection_modifyitems(items):
-    def longest_first(item) -> int:
-        module = item.path.stem
-        return LONGEST_MODULES.index(module) if module in LONGEST_MODULES else len(LONGEST_MODULES)
-
-    items.sort(key=longest_first)  # stable: a module's tests keep their order

@@ -159,6 +159,8 @@ class TrialSettings:
     gpu: float = setting(0.0, "GPUs per trial (0.25: four trials per GPU)")
     seeds: Optional[List[int]] = setting(None, "every trial runs each seed; rows hold mean ± std")
     max_failures: int = setting(2, "restarts of a crashed trial, each from its last finished task")
+    keep_checkpoints: bool = setting(False, "keep a finished trial's last two checkpoints (weights, statistics; "
+                                            "~1 MB a trial) instead of removing them when it ends")
 
 
 @dataclass
@@ -586,10 +588,10 @@ def _describe(error: Exception, merged: DictConfig, layer: Any) -> str:
         if OmegaConf.is_dict(given) and given:  # an unknown group (a typo, another method's): name its first key
             key = f"{key}.{next(iter(flatten(OmegaConf.to_container(given))))}"
         return f"{key}: unknown key (see --help for the valid keys)"
-    node = _schema_node(merged, key)
-    if OmegaConf.is_dict(node):
+    kind = _schema_kind(merged, key)
+    if kind is dict:
         return f"{key}: a group of settings, not a value; set its keys one by one, e.g. {key}.NAME=VALUE (see --help)"
-    if OmegaConf.is_list(node):
+    if kind is list:
         return f"{key}: must be a list, e.g. {key}=[0,1,2]"
     return f"{key}: {message}"
 
@@ -607,8 +609,20 @@ def _failing_key(merged: DictConfig, layer: Any, prefix: str = "") -> str:
     return prefix.rstrip(".") or "?"
 
 
-def _schema_node(merged: DictConfig, key: str) -> Any:
-    """The schema's node at a dotted key (a group, a list, a value), or None when there is none."""
-    parent, _, leaf = key.rpartition(".")
-    container = OmegaConf.select(merged, parent) if parent else merged
-    return container._get_node(leaf) if OmegaConf.is_dict(container) and leaf in container else None
+def _schema_kind(merged: DictConfig, key: str) -> Optional[type]:
+    """What the schema holds at a dotted key: dict (a group of settings), list, or None (one value, or no such key).
+
+    Read from the schema's type hints, as OmegaConf types its nodes: an unset ``Optional[List]`` is a list all the
+    same, and no merged value is read, so that describing an error cannot resolve an interpolation or raise.
+    """
+    types = schema_types(OmegaConf.get_type(merged))
+    if any(name.startswith(f"{key}.") for name in types):
+        return dict
+    hint = types.get(key)
+    for kind in (hint, *typing.get_args(hint)):  # Optional[X] is Union[X, None]
+        origin = typing.get_origin(kind) or kind
+        if origin in (list, tuple):
+            return list
+        if origin is dict or dataclasses.is_dataclass(origin):
+            return dict
+    return None

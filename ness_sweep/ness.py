@@ -52,6 +52,10 @@ class NullSpaceAdapter(nn.Module):
     backward pass), or route the input through the low-rank path x → Bᵀx → A(Bᵀx) beside the frozen
     layer (costs r·(d_in + d_out) per input row, three times with the backward pass). Each batch takes
     the cheaper one for its number of rows (samples, times output positions for a convolution).
+
+    Both ways convolve with the base layer's integer zero padding, as torch does for padding_mode="zeros".
+    Other convolutions (padding strings, reflect/replicate/circular padding, groups) are refused here by
+    ``check_adaptable``: B comes from the zero-padded, ungrouped patches ``statistics.input_rows`` unfolds.
     """
 
     def __init__(self, base: AdaptedLayer, basis: Tensor):
@@ -97,15 +101,17 @@ class NullSpaceAdapter(nn.Module):
         if self.rank == 0:
             return base(x)
         conv = isinstance(base, CONVOLUTIONS)
+        convolve = F.conv1d if isinstance(base, nn.Conv1d) else F.conv2d  # used only when conv
         if self._low_rank_is_cheaper(self._rows(x)):
             if conv:
-                convolve = F.conv1d if isinstance(base, nn.Conv1d) else F.conv2d
                 projected = convolve(x, self.basis_weight, None, base.stride, base.padding, base.dilation)
                 pointwise = self.A.view(*self.A.shape, *[1] * len(base.kernel_size))
                 return base(x) + convolve(projected, pointwise)
             return base(x) + F.linear(F.linear(x, self.basis_weight), self.A)
         weight = base.weight + self.delta_weight()
-        return base._conv_forward(x, weight, base.bias) if conv else F.linear(x, weight, base.bias)
+        if conv:
+            return convolve(x, weight, base.bias, base.stride, base.padding, base.dilation, base.groups)
+        return F.linear(x, weight, base.bias)
 
     @torch.no_grad()
     def merged(self) -> AdaptedLayer:

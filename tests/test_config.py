@@ -169,6 +169,7 @@ def test_bad_thread_counts_are_refused(value, no_work, capsys):
     ("# only a comment\n", "empty"),
     ("- 1\n- 2\n", "not a mapping"),
     ("train: 5\n", "train: a group of settings"),
+    ("seeds: 5\n", "seeds: must be a list"),  # an unset Optional[List] is still a list
     ("seed: [1, 2]\n", "seed"),
     ("preset: paper_cifar100\n", "cannot name another preset"),
     ("train: {lr: [\n", "not valid YAML"),
@@ -187,6 +188,13 @@ def test_a_preset_is_checked_for_the_sweep_too(tmp_path):
         load_sweep_config([f"preset={preset}"])
 
 
+def test_a_failing_merge_under_an_interpolated_group_is_described_not_resolved(tmp_path, no_work, capsys):
+    """Describing the error names the key from the schema; resolving ``${ness}`` into train would raise instead."""
+    preset = tmp_path / "p.yaml"
+    preset.write_text("train: ${ness}\n")
+    assert refused([f"preset={preset}", "train.lr=[1]"], capsys, no_work).startswith("error: train.lr: ")
+
+
 # ---- the shape of the command line ---------------------------------------------------------------------
 
 @pytest.mark.parametrize("arg,says", [
@@ -195,6 +203,9 @@ def test_a_preset_is_checked_for_the_sweep_too(tmp_path):
     ("train..lr=1", "argument 'train..lr=1': expected key=value"),
     ("+train.lr=1", "argument '+train.lr=1': expected key=value"),
     ("train=5", "train: a group of settings"),
+    ("ness=[1]", "ness: a group of settings"),
+    ("seeds=5", "seeds: must be a list"),
+    ("seeds.x=1", "seeds: must be a list"),
     ("ness={rank: [1]}", "ness.rank"),
     ("train.epochs=1.5", "train.epochs"),
     ("train.lr.x=1", "train.lr"),

@@ -197,6 +197,32 @@ def test_both_adapter_paths_compute_w_plus_a_bt(layer, low_rank, monkeypatch):
     torch.testing.assert_close(adapter(x), expected, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("layer", [nn.Conv2d(3, 8, (3, 2), stride=(2, 1), padding=(2, 1), dilation=(2, 1)),
+                                   nn.Conv2d(3, 8, 3, padding=0, bias=False),
+                                   nn.Conv1d(3, 8, 3, stride=2, padding=2, dilation=2),
+                                   nn.Conv1d(3, 8, 5, padding=3)])
+@pytest.mark.parametrize("low_rank", [True, False])
+def test_zero_delta_adapter_equals_the_unwrapped_convolution_exactly(layer, low_rank, monkeypatch):
+    """At A = 0 either path must give the frozen layer's own output, bit for bit."""
+    torch.manual_seed(4)
+    x = torch.randn(2, 3, 11) if isinstance(layer, nn.Conv1d) else torch.randn(2, 3, 9, 7)
+    expected = layer(x)
+    adapter = ness.NullSpaceAdapter(layer, torch.linalg.qr(torch.randn(statistics.input_width(layer), 5))[0])
+    monkeypatch.setattr(adapter, "_low_rank_is_cheaper", lambda rows: low_rank)
+    assert torch.equal(adapter(x), expected)
+
+
+@pytest.mark.parametrize("layer", [nn.Conv2d(3, 4, 3, padding=1, padding_mode="reflect"),
+                                   nn.Conv2d(3, 4, 3, padding=1, padding_mode="circular"),
+                                   nn.Conv1d(3, 4, 3, padding=1, padding_mode="replicate"),
+                                   nn.Conv2d(3, 4, 3, padding="same"),
+                                   nn.Conv1d(3, 4, 3, padding="valid")])
+def test_adapter_refuses_convolutions_not_zero_padded_by_integers(layer):
+    """Their inputs are not the zero-padded patches B is computed from: wrapping them must fail at construction."""
+    with pytest.raises(ValueError, match="needs integer zero padding"):
+        ness.NullSpaceAdapter(layer, torch.eye(statistics.input_width(layer))[:, :2])
+
+
 def test_selection_rules_on_known_singular_values():
     torch.manual_seed(4)
     s = torch.tensor([0.01, 0.1, 1.0, 10.0], dtype=torch.float64)

@@ -12,6 +12,7 @@ benchmark's data passes through before training.
 
 from __future__ import annotations
 
+import functools
 import math
 import random
 from pathlib import Path
@@ -38,8 +39,13 @@ BENCHMARKS: Dict[str, Loader] = {
 }
 LOADER_PARAMS = ("data_root", "seed", "valid_fraction", "download")
 
-# The run settings that decide which stream a run trains on: a sweep loads one stream per distinct value.
+# The run settings that decide which stream a run trains on: a sweep loads one stream per distinct value. The
+# last part of each key names the ``load_stream`` parameter that takes it (train.valid_fraction: valid_fraction).
 STREAM_KEYS = ("benchmark", "data_root", "download", "seed", "train.valid_fraction", "task_order")
+
+
+def _parameter(key: str) -> str:
+    return key.rpartition(".")[2]
 
 
 def loader(benchmark: str) -> Loader:
@@ -57,27 +63,26 @@ def load_stream(benchmark: str, data_root: str, seed: int, valid_fraction: float
     """The benchmark's tasks, in the paper's order or (``task_order=seeded``) shuffled by the seed;
     with ``download``, missing files that torchvision can fetch are downloaded first. The stream is
     stamped with the settings that shaped it (``meta["settings"]``), which ``check_stream`` compares."""
+    arguments = dict(locals())  # the parameters by name (no other local exists yet), to stamp the STREAM_KEYS from
     stream = loader(benchmark)(Path(data_root).expanduser(), seed, valid_fraction, download)
     check_task_stream(stream, benchmark)
     if task_order == "seeded":
         order = list(range(len(stream.tasks)))
         random.Random(seed).shuffle(order)
         stream.tasks = [stream.tasks[i] for i in order]
-    stream.meta["settings"] = {"benchmark": benchmark, "data_root": data_root, "download": download, "seed": seed,
-                               "train.valid_fraction": valid_fraction, "task_order": task_order}
+    stream.meta["settings"] = {key: arguments[_parameter(key)] for key in STREAM_KEYS}
     return stream
 
 
 def stream_settings(cfg, seed: int) -> Dict[str, object]:
-    """The stream-shaping settings of a run config with the given seed (``STREAM_KEYS``)."""
-    return {"benchmark": cfg.benchmark, "data_root": cfg.data_root, "download": cfg.download, "seed": seed,
-            "train.valid_fraction": cfg.train.valid_fraction, "task_order": cfg.task_order}
+    """The stream-shaping settings of a run config with the given seed (``STREAM_KEYS``): what ``load_stream``
+    stamps on the stream it makes for them."""
+    return {key: seed if key == "seed" else functools.reduce(getattr, key.split("."), cfg) for key in STREAM_KEYS}
 
 
 def stream_for(cfg, seed: int) -> TaskStream:
     """The stream a run config asks for, with the given seed (the seed shapes splits and orders)."""
-    s = stream_settings(cfg, seed)
-    return load_stream(s["benchmark"], s["data_root"], seed, s["train.valid_fraction"], s["task_order"], s["download"])
+    return load_stream(**{_parameter(key): value for key, value in stream_settings(cfg, seed).items()})
 
 
 def check_stream(stream: TaskStream, cfg, seed: int) -> None:

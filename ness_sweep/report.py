@@ -18,9 +18,10 @@ differs from the row. Works while a sweep runs too. Paths are printed absolute (
 from __future__ import annotations
 
 import collections
+import contextlib
 import shlex
 import sys
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import pyarrow as pa
 from omegaconf import OmegaConf
@@ -49,6 +50,30 @@ STATUS_MEANING = {Status.TERMINATED: "finished", Status.STOPPED: "stopped early 
                   Status.DIVERGED: "loss became NaN/inf", Status.ERROR: "failed"}  # what a row's status says
 # The sweep's TPESampler draws its first n_startup_trials at random (study.StudySearch passes this to it).
 TPE_STARTUP_TRIALS = 10
+
+
+def journal_storage(journal: str) -> Any:
+    """The storage of the sweep's Optuna study (``SweepFolder.OPTUNA``): Optuna's journal file, which
+    ``sweep/study.py`` writes and the report page reads a copy of. Optuna is imported here: the leaderboard
+    needs none."""
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    return JournalStorage(JournalFileBackend(journal))
+
+
+@contextlib.contextmanager
+def quiet_optuna() -> Iterator[None]:
+    """Optuna logs at INFO each study it creates or loads ("Using an existing study with name ..."); the sweep
+    and the report print lines of their own, so Optuna's are muted while they call it (and only then)."""
+    import optuna
+
+    level = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        yield
+    finally:
+        optuna.logging.set_verbosity(level)
 
 
 def row_settings(row: Dict[str, Any], table: pa.Table, seeds: Optional[Sequence[int]] = None) -> Dict[str, Any]:

@@ -14,7 +14,6 @@ import contextlib
 import html
 import os
 import shutil
-import sqlite3
 import tempfile
 from typing import Any, Dict, Iterator, Optional, Sequence, Tuple
 
@@ -115,9 +114,11 @@ def read_plan(fs: pafs.FileSystem, root: str) -> Optional[Dict[str, Any]]:
 
 @contextlib.contextmanager
 def opened_study(fs: pafs.FileSystem, root: str, name: str) -> Iterator[Tuple[Any, str]]:
-    """(study, '') from a private copy of optuna.db, or (None, why not). A copy: the report never writes to
-    the sweep's own database (opening it may), sees one consistent snapshot of a running sweep (SQLite's
-    backup for a local file), and works for a URI folder too."""
+    """(study, '') from a private copy of the sweep's journal, or (None, why not). A copy: the report never writes
+    into the sweep folder (Optuna creates a journal it opens when missing, and its lock file beside the journal
+    it writes: both happen in the copy's temporary folder), and it works for a URI folder too. The journal is only
+    ever appended to, so a copy of a running sweep's is an earlier state of it, at worst with an incomplete last
+    line, which Optuna reads past."""
     path = f"{root}/{STUDY_FILE}"
     if not results.exists(fs, path):
         yield None, f"No {STUDY_FILE} in the sweep folder: importances need the sweep's Optuna study."
@@ -126,27 +127,17 @@ def opened_study(fs: pafs.FileSystem, root: str, name: str) -> Iterator[Tuple[An
 
     with tempfile.TemporaryDirectory(prefix="ness_sweep_report_") as scratch:
         local = os.path.join(scratch, STUDY_FILE)
-        storage = None
         try:
-            if isinstance(fs, pafs.LocalFileSystem):
-                with contextlib.closing(sqlite3.connect(path)) as source, \
-                        contextlib.closing(sqlite3.connect(local)) as copy:
-                    source.backup(copy)
-            else:
-                with fs.open_input_stream(path) as source, open(local, "wb") as copy:
-                    shutil.copyfileobj(source, copy)
-            storage = optuna.storages.RDBStorage(f"sqlite:///{local}")
+            with fs.open_input_stream(path) as source, open(local, "wb") as copy:
+                shutil.copyfileobj(source, copy)
+            storage = report.journal_storage(local)
             names = optuna.get_all_study_names(storage)
             if name not in names:
                 raise KeyError(f"no study named {name!r} (it holds: {', '.join(names) or 'none'})")
             found, why = optuna.load_study(study_name=name, storage=storage), ""
-        except Exception as error:  # sqlite3, SQLAlchemy and Optuna each raise their own types
+        except Exception as error:  # the file system's, json's and Optuna's own types
             found, why = None, f"{STUDY_FILE} is unreadable: {first_line(error)}"
-        try:
-            yield found, why
-        finally:
-            if storage is not None:
-                storage.engine.dispose()
+        yield found, why
 
 
 def write_plotly_js(fs: pafs.FileSystem, root: str) -> None:

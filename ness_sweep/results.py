@@ -13,6 +13,7 @@ import json
 import math
 import os
 import tempfile
+import time
 import uuid
 from dataclasses import dataclass
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
@@ -61,10 +62,11 @@ class SweepFolder:
     name: str
 
     TABLE = "results.parquet"
+    ROWS = "results.rows"  # rows written since the table was last rewritten, a small file each: part of the table
     PLAN = "plan.yaml"
     BEST = "best.yaml"
     REPORT = "report.html"
-    OPTUNA = "optuna.db"
+    OPTUNA = "optuna.journal"  # the Optuna study, a journal file (sweep/study.py)
     WANDB = "wandb"
     LOCK = "driver.lock"  # locked by the driver running the sweep, naming its host and PID (sweep/lock.py)
 
@@ -146,6 +148,8 @@ METRIC_COLUMNS = [
     ("seconds", pa.float64()),  # training time, summed over seeds
     ("error", pa.string()),
     ("started_at_task", pa.int64()),  # where the trial's last attempt began: > 0 after a restart or resume
+    ("started_at", pa.timestamp("us", tz="UTC")),  # when the trial first started (the driver's clock)
+    ("ended_at", pa.timestamp("us", tz="UTC")),  # when it ended: throughput over a sweep, read from the table
     ("recovery", pa.string()),  # set when an unreadable checkpoint was passed over: what the trial continued from
 ]
 
@@ -202,22 +206,94 @@ def write_failed(fs: pafs.FileSystem, path: str, error: OSError, doing: str = "w
     return WriteFailed(f"cannot {doing} {shown} ({cause})")
 
 
-def write_table(rows: List[Dict[str, Any]], schema: pa.Schema, fs: pafs.FileSystem, path: str) -> None:
-    table = pa.Table.from_pylist(rows, schema=schema)
+def _parquet_bytes(rows: List[Dict[str, Any]], schema: pa.Schema) -> bytes:
     sink = pa.BufferOutputStream()
-    pq.write_table(table, sink)
-    write_atomically(fs, path, sink.getvalue().to_pybytes())
+    pq.write_table(pa.Table.from_pylist(rows, schema=schema), sink)
+    return sink.getvalue().to_pybytes()
+
+
+def write_table(rows: List[Dict[str, Any]], schema: pa.Schema, fs: pafs.FileSystem, path: str,
+                replaces: Sequence[str] = ()) -> None:
+    """Rewrite the table at ``path`` with every row, then delete the row files (``write_row``) it now holds."""
+    write_atomically(fs, path, _parquet_bytes(rows, schema))
+    for row_file in replaces:
+        with contextlib.suppress(FileNotFoundError):
+            fs.delete_file(row_file)
+
+
+def write_row(row: Dict[str, Any], schema: pa.Schema, fs: pafs.FileSystem, path: str) -> str:
+    """Add one row to the table at ``path`` without rewriting it: a small file in ``results.rows/`` beside it,
+    named in the order written, which ``read_table`` reads with the table (a trial's newest row wins). Returns its
+    path."""
+    directory = _rows_dir(path)
+    try:
+        fs.create_dir(directory, recursive=True)
+    except OSError as error:
+        raise write_failed(fs, directory, error) from None
+    row_file = f"{directory}/{time.time_ns():020d}-{row['trial_id']}.parquet"
+    write_atomically(fs, row_file, _parquet_bytes([row], schema))
+    return row_file
+
+
+def row_files(fs: pafs.FileSystem, path: str) -> List[str]:
+    """The row files of the table at ``path``, oldest first (a write a kill cut short left no file of this name)."""
+    entries = fs.get_file_info(pafs.FileSelector(_rows_dir(path), allow_not_found=True))
+    return sorted(e.path for e in entries if e.type == pafs.FileType.File and e.base_name.endswith(".parquet"))
+
+
+def _rows_dir(path: str) -> str:
+    return f"{path.rpartition('/')[0]}/{SweepFolder.ROWS}"
 
 
 def read_table(location: str) -> pa.Table:
-    """The table of a sweep directory (or of the Parquet file itself), local or URI."""
+    """The table of a sweep directory (or of the Parquet file itself), local or URI, with the rows written since it
+    was last rewritten (``write_row``): every row a driver wrote, also after a kill."""
     fs, path = filesystem_and_path(location)
     if not path.endswith(".parquet"):
         path = f"{path.rstrip('/')}/{SweepFolder.TABLE}"
     if not exists(fs, path):
         raise UserError(f"{location}: no {SweepFolder.TABLE} there (give a sweep directory: OUTPUT_DIR/SWEEP_NAME)")
-    with fs.open_input_file(path) as source:
-        return pq.read_table(source)
+    attempts = 1
+    while True:
+        newer = row_files(fs, path)  # listed before the table is read: the table is then at least as new
+        with fs.open_input_file(path) as source:
+            table = pq.read_table(source)
+        try:
+            return _with_rows(fs, table, newer)
+        except FileNotFoundError:  # the driver rewrote the table meanwhile and removed the row files it now holds
+            if attempts == READ_ATTEMPTS:
+                raise
+            attempts += 1
+
+
+READ_ATTEMPTS = 5
+
+
+def fold_rows(location: str) -> pa.Table:
+    """The table of a sweep directory with its row files folded in: rewritten once if there are any (a killed
+    driver's), so that results.parquet alone holds every row again. Returns the table."""
+    fs, path = filesystem_and_path(f"{location.rstrip('/')}/{SweepFolder.TABLE}")
+    leftover = row_files(fs, path)
+    table = read_table(location)
+    if leftover:
+        write_table(table.to_pylist(), table.schema, fs, path, leftover)
+    return table
+
+
+def _with_rows(fs: pafs.FileSystem, table: pa.Table, row_files: Sequence[str]) -> pa.Table:
+    if not row_files:
+        return table
+    rows = {row_key(row): row for row in table.to_pylist()}
+    for row_file in row_files:
+        with fs.open_input_file(row_file) as source:
+            rows.update((row_key(row), row) for row in pq.read_table(source).to_pylist())
+    search_first = sorted(rows.values(), key=lambda row: row_key(row)[0] == Stage.CONFIRM)
+    return pa.Table.from_pylist(search_first, schema=table.schema)
+
+
+def row_key(row: Dict[str, Any]) -> Tuple[str, str]:
+    """What identifies a row: its stage (two Tune experiments, each naming its own trials) and its trial."""
+    return row.get("stage") or Stage.SEARCH, row["trial_id"]
 
 
 # ---- ranking ---------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
     python perf/sweep.py [trials=32] [space=rank_threshold] [key=value ...]
     python perf/sweep.py json_logger [trials=...] [key=value ...]   # only: what Tune's JSON logger costs
     python perf/sweep.py live_progress [trials=...] [key=value ...]   # only: what live progress costs a trial
+    python perf/sweep.py scale [trials=300] [key=value ...]   # only: does a trial end cost the same late as early
 
 Runs, in one go and on the same configurations:
   1. the sweep (FIFO, so that every trial trains to the end; 2 trials at a time on 2 CPUs), W&B offline;
@@ -15,17 +16,27 @@ the table; process start for the two plain processes). Framework overhead per tr
 (sweep wall time - sum of trial compute / concurrency) / trials, with trial compute the trainer's own
 time inside each trial. W&B's cost per trial: the two sweeps' wall-time difference over the trials (end to
 end, its service's CPU included, but noisy), and, exactly, the driver time spent in the W&B callback.
+Each sweep's wall time is also stated against the two plain processes' (the issue's ratio: <= 1.2x at 32 trials).
+
+``scale`` runs one sweep of many trivial trials (one epoch per task, no confirmation, W&B offline) and prints what
+would grow with the trial count if the driver's cost per trial end did: trials per minute over the first and the
+last ended trials (from the table's started_at / ended_at), the driver process's CPU (a thread samples it) over
+the first and last fifths of the run and its peak RSS, the sweep folder's size per finished trial by part, and the
+wall time of ``python -m ness_sweep.report`` and of a resume with nothing left to run.
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -34,16 +45,18 @@ from ness_sweep import environment
 environment.bind_ray_to_loopback(None)  # before Ray is imported: loopback only
 os.environ.setdefault("WANDB_MODE", "offline")
 
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from ness_sweep.benchmarks import stream_for  # noqa: E402
 from ness_sweep.methods import make_trainer  # noqa: E402
+from ness_sweep.results import Status, SweepFolder, read_table  # noqa: E402
 from ness_sweep.sweep import dashboards, plan as planning, tuner  # noqa: E402
 
 
-def timed_sweep(args, output_dir, name):
+def timed_sweep(args, output_dir, name, out=lambda line: None):
     plan = planning.build_plan([*args, f"sweep.name={name}", f"output_dir={output_dir}"])
-    outcome = tuner.run_sweep(plan, out=lambda line: None)
+    outcome = tuner.run_sweep(plan, out=out)
     rows = outcome.table.to_pylist()
     compute = sum(r["seconds"] for r in rows)
     overhead = (outcome.seconds - compute / outcome.concurrency) / len(rows)
@@ -150,6 +163,175 @@ def live_progress_cost(args, trials: int) -> None:
               f"{run['overhead']:.3f} |")
 
 
+SCALE_TRIALS = 300
+SCALE_SETTINGS = ["train.epochs=1", "sweep.confirm_top=0"]  # trivial trials (~0.5-1 s here), the search alone
+ENDS_WINDOW = 50  # ended trials at each end of the run whose throughput is compared
+SAMPLE_S = 1.0  # how often the driver's CPU time and peak RSS are sampled
+TUNE_STATE = ("experiment_state", "search_gen_state", "searcher-state", "tuner.pkl")  # Tune's files in the folder
+Sample = collections.namedtuple("Sample", "at cpu rss_mb")  # unix time, CPU seconds, peak RSS so far (MB)
+
+
+@contextlib.contextmanager
+def driver_usage(every: float = SAMPLE_S):
+    """This process's CPU time and peak RSS, sampled by a thread every ``every`` s while the block runs: the driver's
+    own cost per trial end, which is what would grow with the trials it has seen, measured without a profiler."""
+    samples = []
+    stop = threading.Event()
+
+    def sample():
+        usage = resource.getrusage(resource.RUSAGE_SELF)  # every thread of the driver; Ray's processes not
+        samples.append(Sample(time.time(), usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024))
+
+    def keep_sampling():
+        while not stop.wait(every):
+            sample()
+
+    sample()
+    thread = threading.Thread(target=keep_sampling, daemon=True)
+    thread.start()
+    try:
+        yield samples
+    finally:
+        stop.set()
+        thread.join()
+        sample()
+
+
+def sampled(samples, field: str, when: float) -> float:
+    """A sampled running total (CPU seconds, peak RSS) at a moment between two samples, linearly interpolated."""
+    return float(np.interp(when, [s.at for s in samples], [getattr(s, field) for s in samples]))
+
+
+def cpu_share(samples, start: float, end: float) -> float:
+    """The driver's CPU seconds per wall second between two moments: the share of one core it kept busy."""
+    return (sampled(samples, "cpu", end) - sampled(samples, "cpu", start)) / (end - start)
+
+
+def trial_times(rows):
+    """The first ended trial's start and every ended trial's end, sorted, in unix seconds: the table's started_at
+    and ended_at, the driver's clock."""
+    ended = [row for row in rows if row["status"] in Status.ENDED]
+    return min(row["started_at"] for row in ended).timestamp(), sorted(row["ended_at"].timestamp() for row in ended)
+
+
+def per_minute(ends) -> float:
+    """Trial ends per minute between a window's first and last end: the window's start-up is left out, so that the
+    early window does not pay the trial workers' start that the late one does not."""
+    return 60 * (len(ends) - 1) / (ends[-1] - ends[0])
+
+
+def tenths(start: float, ends, samples):
+    """One line per tenth of the run (the first trial's start to the last trial's end): trials that ended per
+    minute and the driver's CPU share, so that a reader sees a trend, not only its two ends."""
+    counts, edges = np.histogram(ends, bins=10, range=(start, ends[-1]))
+    minutes = (edges[1] - edges[0]) / 60
+    return [f"    {10 * i:3d}-{10 * i + 10}%: {count / minutes:6.1f} trials/min, driver CPU "
+            f"{cpu_share(samples, edges[i], edges[i + 1]):4.0%}" for i, count in enumerate(counts)]
+
+
+def tree_bytes(path: str) -> int:
+    """Apparent size of a file, or of every file under a folder (links not followed)."""
+    if not os.path.isdir(path) or os.path.islink(path):
+        return os.lstat(path).st_size
+    return sum(os.lstat(os.path.join(folder, name)).st_size for folder, _, names in os.walk(path) for name in names)
+
+
+def folder_part(entry: os.DirEntry, trial_ids) -> str:
+    """Which part of a sweep folder a top-level entry is: what grows per trial, told from what a sweep writes once.
+    The table and the study count with whatever files beside them share their name's stem (row files, a journal's
+    lock)."""
+    stem = entry.name.partition(".")[0]
+    if entry.name == SweepFolder.WANDB:
+        return "wandb/"
+    if entry.is_dir() and entry.name in trial_ids:
+        return "trial folders"
+    if stem == SweepFolder.TABLE.partition(".")[0]:
+        return "results table"
+    if stem == SweepFolder.OPTUNA.partition(".")[0]:
+        return "Optuna study"
+    if entry.name.startswith(TUNE_STATE):
+        return "Tune's experiment state"
+    return "the rest (plan, report page, plotly's library, ...)"
+
+
+def folder_parts(sweep_dir: str, trial_ids) -> collections.Counter:
+    """The sweep folder's bytes by part (``folder_part``)."""
+    parts = collections.Counter()
+    for entry in os.scandir(sweep_dir):
+        parts[folder_part(entry, trial_ids)] += tree_bytes(entry.path)
+    return parts
+
+
+def command_seconds(*argv: str) -> float:
+    """Wall time of ``python -m ARGV`` in a fresh process, its start and imports included (what a user waits); a
+    command that fails stops this script with its error."""
+    started = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", *argv], capture_output=True, text=True)
+    if done.returncode:
+        sys.exit(f"python -m {' '.join(argv)} exited with {done.returncode}:\n{done.stderr}")
+    return time.perf_counter() - started
+
+
+def early_and_late(start: float, ends, samples):
+    """The scale table's rows that compare the run's start with its end: throughput, driver CPU, peak RSS."""
+    window = max(2, min(ENDS_WINDOW, len(ends) // 2))
+    early, late = per_minute(ends[:window]), per_minute(ends[-window:])
+    fifth = (ends[-1] - start) / 5
+    cpu_early, cpu_late = cpu_share(samples, start, start + fifth), cpu_share(samples, ends[-1] - fifth, ends[-1])
+    rss_early, rss_late = sampled(samples, "rss_mb", start + fifth), samples[-1].rss_mb
+    return [f"| trials per minute, first / last {window} ended (between their first and last end) | {early:.1f} | "
+            f"{late:.1f} | {late / early:.2f} | ≥ 0.90 |",
+            f"| driver CPU, share of one core, first / last fifth of the run | {cpu_early:.0%} | {cpu_late:.0%} | "
+            f"{cpu_late / cpu_early:.2f} | |",
+            f"| driver peak RSS (MB), at the end of the first fifth / at the end | {rss_early:.0f} | "
+            f"{rss_late:.0f} | {rss_late / rss_early:.2f} | |"]
+
+
+def folder_lines(parts: collections.Counter, finished: int):
+    """The folder table's rows: each part, largest first, and the whole against the target per finished trial."""
+    total = sum(parts.values())
+    return [*(f"| {part} | {size / 1024:.0f} | {size / 1024 / finished:.1f} | {size / total:.0%} | |"
+              for part, size in parts.most_common()),
+            f"| all | {total / 1024:.0f} | {total / 1024 / finished:.1f} | 100% | ≤ 100 KB per trial |"]
+
+
+def scale(args, trials: int) -> None:
+    """One sweep of many trivial trials, then the report and a resume with nothing left to run, in its folder."""
+    with tempfile.TemporaryDirectory() as scratch:
+        with driver_usage() as samples:
+            plan, rows, run = timed_sweep(args, scratch, "scale", out=progress)
+        progress(f"sweep: {run}")
+        report_s = command_seconds("ness_sweep.report", plan.sweep_dir)
+        progress(f"report: {report_s:.1f} s")
+        parts = folder_parts(plan.sweep_dir, {row["trial_id"] for row in rows})
+        resume_s = command_seconds("ness_sweep.run", *args, "sweep.name=scale", f"output_dir={scratch}", "resume=true")
+        progress(f"resume: {resume_s:.1f} s")
+        rows_after = read_table(plan.sweep_dir).num_rows
+    start, ends = trial_times(rows)
+    print(f"{trials} trials of {plan.space.source} ({plan.cfg.benchmark}, train.epochs={plan.cfg.train.epochs}, "
+          f"FIFO, no confirmation), {run['concurrency']} at a time with trial.cpu={plan.cfg.trial.cpu}, on "
+          f"{planning.machine_cpus()} CPUs, W&B {plan.cfg.wandb.mode}, torch {torch.__version__}; sweep wall time "
+          f"{run['wall']:.1f} s, mean trial compute {run['compute'] / len(rows):.2f} s; {len(ends)} of {len(rows)} "
+          f"trials ended; the run is the first trial's start to the last trial's end ({ends[-1] - start:.1f} s)")
+    print()
+    print("| measure | early | late | late / early | target |")
+    print("|---|---:|---:|---:|---|")
+    print("\n".join(early_and_late(start, ends, samples)))
+    print()
+    print("| sweep folder (after the report), by part | KB | KB per finished trial | share | target |")
+    print("|---|---:|---:|---:|---|")
+    print("\n".join(folder_lines(parts, len(ends))))
+    print()
+    print("| command, a fresh process | wall time (s) |")
+    print("|---|---:|")
+    print(f"| `python -m ness_sweep.report SWEEP_DIR` | {report_s:.1f} |")
+    print(f"| `python -m ness_sweep.run ... resume=true`, nothing left to run ({len(rows)} rows before, {rows_after} "
+          f"after) | {resume_s:.1f} |")
+    print()
+    print("Per tenth of the run:")
+    print("\n".join(tenths(start, ends, samples)))
+
+
 def loop(plan_args, params_list):
     """Train the configurations one after another in this process; returns (seconds, ACCs)."""
     plan = planning.build_plan(plan_args)
@@ -186,7 +368,7 @@ def main(argv):
         return
     options = dict(a.split("=", 1) for a in argv if a.startswith(("trials=", "space=")))
     extra = [a for a in argv if not a.startswith(("trials=", "space="))]
-    trials = int(options.get("trials", 32))
+    trials = int(options.get("trials", SCALE_TRIALS if "scale" in argv else 32))
     args = [f"space={options.get('space', 'rank_threshold')}", f"sweep.num_samples={trials}", "sweep.scheduler=fifo",
             *extra]
     if "json_logger" in argv:
@@ -194,6 +376,9 @@ def main(argv):
         return
     if "live_progress" in argv:
         live_progress_cost([a for a in args if a != "live_progress"], trials)
+        return
+    if "scale" in argv:
+        scale([*SCALE_SETTINGS, *(a for a in args if a != "scale")], trials)
         return
     with tempfile.TemporaryDirectory() as scratch:
         in_wandb = time_wandb_callback()
@@ -213,14 +398,15 @@ def main(argv):
           f"torch {torch.__version__}; mean trial compute {offline['compute'] / trials:.2f} s in the sweep; "
           f"loop ACC equal to the sweep's for {same}/{trials} trials (the loop uses {torch.get_num_threads()} threads)")
     print()
-    print("| run | wall time (s) | speed-up vs loop | Σ trial compute (s) | framework overhead per trial (s) |")
-    print("|---|---:|---:|---:|---:|")
+    print("| run | wall time (s) | speed-up vs loop | wall / two plain processes' | Σ trial compute (s) "
+          "| framework overhead per trial (s) |")
+    print("|---|---:|---:|---:|---:|---:|")
     for label, run in (("sweep, W&B offline (default)", offline), ("sweep, W&B disabled", disabled)):
-        print(f"| {label} | {run['wall']:.1f} | {loop_seconds / run['wall']:.2f}× | {run['compute']:.1f} | "
-              f"{run['overhead']:.2f} |")
-    print(f"| plain loop, one process | {loop_seconds:.1f} | 1.00× | | |")
+        print(f"| {label} | {run['wall']:.1f} | {loop_seconds / run['wall']:.2f}× | {run['wall'] / pair_seconds:.2f}× "
+              f"| {run['compute']:.1f} | {run['overhead']:.2f} |")
+    print(f"| plain loop, one process | {loop_seconds:.1f} | 1.00× | {loop_seconds / pair_seconds:.2f}× | | |")
     print(f"| two plain processes, no Ray (this machine's ceiling) | {pair_seconds:.1f} | "
-          f"{loop_seconds / pair_seconds:.2f}× | | |")
+          f"{loop_seconds / pair_seconds:.2f}× | 1.00× | | |")
     print()
     per_trial = sorted(in_wandb["trials"].values())
     print(f"W&B offline against disabled, same trials: {(offline['wall'] - disabled['wall']) / trials:+.2f} s of wall "

@@ -15,7 +15,7 @@ from test_optuna_study import assert_study_matches_table
 
 import ness_sweep
 from ness_sweep import report, results
-from ness_sweep.sweep import dashboards
+from ness_sweep.sweep import checkpoints, dashboards
 
 
 def sweep_command(*args):
@@ -150,12 +150,12 @@ def known_to_tune(sweep_dir: Path) -> dict:
 
 
 def newest_checkpoint_of_an_unfinished_trial(sweep_dir: Path, finished: set):
-    """The newest of two checkpoints of a trial that is unfinished and that Tune's saved state knows with
-    a checkpoint: a resume continues that trial from a checkpoint."""
-    for trial_id, tasks in known_to_tune(sweep_dir).items():
-        checkpoints = sorted((sweep_dir / trial_id).glob("checkpoint_*"))
-        if trial_id not in finished and tasks >= 1 and len(checkpoints) >= 2:
-            return checkpoints[-1]
+    """The newest of two checkpoints holding states of a trial that is unfinished and that Tune's saved state
+    knows: a resume continues that trial from a checkpoint in its folder."""
+    for trial_id in known_to_tune(sweep_dir):
+        held = sorted(p.parent for p in (sweep_dir / trial_id).glob(f"checkpoint_*/{checkpoints.CHECKPOINT_FILE}"))
+        if trial_id not in finished and len(held) >= 2:
+            return held[-1]
     return None
 
 
@@ -204,7 +204,7 @@ def test_a_killed_driver_resumes_without_rerunning_finished_trials(tmp_path):
     for trial_id, row in before.items():  # kept as they were: training again would add to their seconds
         after = next(r for r in rows if r["trial_id"] == trial_id)
         assert (after["acc"], after["seconds"], after["acc_matrix"]) == (row["acc"], row["seconds"], row["acc_matrix"])
-    assert_study_matches_table(sweep_dir)  # optuna.db: its COMPLETE trials are the finished rows, still
+    assert_study_matches_table(sweep_dir)  # optuna.journal: its COMPLETE trials are the finished rows, still
     recovered = next(r for r in rows if r["trial_id"] == garbled.parent.name)
     assert (f"{garbled.name} unreadable" in recovered["recovery"]
             and "continued from checkpoint_" in recovered["recovery"])

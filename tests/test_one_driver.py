@@ -220,20 +220,20 @@ def test_a_sweep_whose_every_trial_failed_exits_1_and_says_so(tmp_path):
 
 
 def test_a_study_that_cannot_be_written_is_the_drivers_failure_not_a_trials(tmp_path):
-    """optuna.db where no file can be: before Tune runs the sweep stops in one line; while it runs the searcher
+    """optuna.journal where no file can be: before Tune runs the sweep stops in one line; while it runs the searcher
     records the failure for ``FailedWrites`` (which ends the run) instead of raising into Tune, which would blame
     the trial whose end it was recording."""
     from ness_sweep.sweep import tuner
 
     plan = planning.build_plan(["space=smoke", "sweep.name=study", f"output_dir={tmp_path}"])
     (tmp_path / "a_file").write_text("not a folder")
-    nowhere = str(tmp_path / "a_file" / "optuna.db")
+    nowhere = str(tmp_path / "a_file" / "optuna.journal")
     with pytest.raises(results.WriteFailed) as caught:
         tuner.make_searcher(plan, nowhere)
     assert str(caught.value).startswith(f"cannot write {nowhere} (") and "\n" not in str(caught.value)
 
     failed = callbacks.FailedWrites()
-    searcher = tuner.make_searcher(plan, str(tmp_path / "optuna.db"), failed)
+    searcher = tuner.make_searcher(plan, str(tmp_path / "optuna.journal"), failed)
     assert searcher.suggest("t0")
     searcher.attach(plan, nowhere, failed)  # as a resume attaches its copy of the file: this one cannot be opened
     searcher.on_trial_complete("t0", {"valid_acc": 50.0, "task": 5})

@@ -1,4 +1,5 @@
-"""The sweep's Optuna study on disk (optuna.db): it matches the table, survives a resume, and Optuna reads it."""
+"""The sweep's Optuna study on disk (optuna.journal): it matches the table, survives a resume (and a resume of a
+sweep whose study is still the SQLite optuna.db of an earlier ness_sweep), and Optuna reads it."""
 
 from __future__ import annotations
 
@@ -15,14 +16,18 @@ import pytest
 
 from ness_sweep import report, run
 from ness_sweep.sweep import plan as planning, tuner
-from ness_sweep.sweep.study import RERUN_COMMAND, TUNE_TRIAL_ID
+from ness_sweep.sweep.study import RERUN_COMMAND, TUNE_TRIAL_ID, check_resumable_study
 
 SEARCHED = ("ness.threshold", "train.lr")  # space=smoke
 
 
-def study_of(sweep_dir: Path) -> optuna.Study:
-    storage = optuna.storages.RDBStorage(f"sqlite:///{sweep_dir / 'optuna.db'}")
-    return optuna.load_study(study_name=sweep_dir.name, storage=storage)
+def journal(path: Path) -> optuna.storages.JournalStorage:
+    """A journal file opened as the docs tell users to."""
+    return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
+
+
+def study_of(sweep_dir: Path, name: str = "") -> optuna.Study:
+    return optuna.load_study(study_name=name or sweep_dir.name, storage=journal(sweep_dir / "optuna.journal"))
 
 
 def assert_study_matches_table(sweep_dir: Path) -> optuna.Study:
@@ -72,7 +77,7 @@ def test_importances_come_from_the_study_on_disk(asha_sweep):
 
 def test_a_resume_keeps_writing_the_same_study(asha_sweep, tmp_path):
     """Resuming the finished sweep from a moved folder: Tune restores the searcher from its pickles; the study
-    stays in the moved folder's optuna.db, unchanged and still equal to the table."""
+    stays in the moved folder's optuna.journal, unchanged and still equal to the table."""
     moved = tmp_path / "asha"
     shutil.copytree(asha_sweep, moved)
     before = [(t.number, t.state, t.values, t.intermediate_values) for t in study_of(moved).trials]
@@ -114,16 +119,25 @@ def folder_bytes(folder: Path) -> dict:
     return {path.relative_to(folder): path.read_bytes() for path in sorted(folder.rglob("*")) if path.is_file()}
 
 
-@pytest.mark.parametrize("damage", ["missing", "truncated"])
+def garble_a_middle_line(path: Path) -> None:
+    lines = path.read_bytes().splitlines(keepends=True)
+    lines[len(lines) // 2] = b'{"op_code": 5, "trial_id\n'
+    path.write_bytes(b"".join(lines))
+
+
+@pytest.mark.parametrize("damage", ["missing", "garbled", "garbled_sqlite"])
 def test_a_resume_without_a_readable_study_is_refused_in_one_line_before_ray_starts(damage, asha_sweep, tmp_path,
                                                                                      monkeypatch, capsys):
+    """garbled_sqlite: no journal, and the SQLite optuna.db of an earlier ness_sweep, which cannot be migrated."""
     moved = tmp_path / "asha"
     shutil.copytree(asha_sweep, moved)
-    study_file = moved / "optuna.db"
-    if damage == "missing":
-        study_file.unlink()
+    study_file = moved / "optuna.journal"
+    if damage == "garbled":
+        garble_a_middle_line(study_file)
     else:
-        study_file.write_bytes(study_file.read_bytes()[: study_file.stat().st_size // 2])
+        study_file.unlink()
+    if damage == "garbled_sqlite":
+        (moved / "optuna.db").write_bytes(b"not a database " * 100)
     before = folder_bytes(moved)
     monkeypatch.setattr(tuner, "connect_ray", lambda *args: pytest.fail("Ray started"))
     printed = io.StringIO()
@@ -131,8 +145,62 @@ def test_a_resume_without_a_readable_study_is_refused_in_one_line_before_ray_sta
         code = run.main(["resume=true", "sweep.name=asha", f"output_dir={tmp_path}", "wandb.mode=disabled"])
     message = capsys.readouterr().err.strip()
     assert code == 2 and "\n" not in message and str(study_file) in message, message
-    assert ("missing" if damage == "missing" else "cannot be continued") in message
+    assert {"missing": "missing", "garbled": "cannot be continued", "garbled_sqlite": "cannot be migrated"}[damage] \
+        in message
     assert folder_bytes(moved) == before
+
+
+def test_a_resume_migrates_an_earlier_versions_sqlite_study_once_and_keeps_it(asha_sweep, tmp_path):
+    """A sweep begun before the journal has its study in SQLite (optuna.db): the resume copies it into
+    optuna.journal (each trial in its place, with its state, values, curve and attributes; the objective's name),
+    says so in one line, keeps optuna.db as it was, and goes on with the journal; a later resume migrates nothing."""
+    moved = tmp_path / "asha"
+    shutil.copytree(asha_sweep, moved)
+    database = f"sqlite:///{moved / 'optuna.db'}"
+    optuna.copy_study(from_study_name="asha", from_storage=journal(moved / "optuna.journal"), to_storage=database)
+    (moved / "optuna.journal").unlink()
+    old = (moved / "optuna.db").read_bytes()
+    printed = []
+    plan = planning.build_plan(["resume=true", "sweep.name=asha", f"output_dir={tmp_path}", "wandb.mode=disabled"])
+    tuner.run_sweep(plan, out=printed.append)
+    migrated = [line for line in printed if "optuna.db" in line]
+    assert len(migrated) == 1 and f"migrated to {moved / 'optuna.journal'}" in migrated[0], printed
+    assert (moved / "optuna.db").read_bytes() == old
+    before, after = optuna.load_study(study_name="asha", storage=database), study_of(moved)
+    assert after.metric_names == before.metric_names == ["valid_acc"] and after.user_attrs == before.user_attrs
+    assert [(t.number, t.state, t.values, t.params, t.intermediate_values, t.user_attrs) for t in after.trials] == \
+           [(t.number, t.state, t.values, t.params, t.intermediate_values, t.user_attrs) for t in before.trials]
+    assert_study_matches_table(moved)
+    again = []
+    check_resumable_study(plan, again.append)
+    assert again == []
+
+
+def test_a_journal_whose_last_line_a_kill_cut_short_is_resumed_and_stays_readable(tmp_path):
+    """A driver killed while appending leaves the journal's last line incomplete: a resume accepts the journal
+    (Optuna reads past that line) and the searcher cuts the line off before it writes; Optuna would append to it,
+    garbling both records and the journal for every later reader."""
+    plan = plan_for(tmp_path)
+    path = tmp_path / "unit" / "optuna.journal"
+    path.parent.mkdir()
+    searcher = tuner.make_searcher(plan, str(path))
+    for i in range(3):
+        searcher.suggest(f"t{i}")
+    finish(searcher, "t0", 60.0)
+    finish(searcher, "t1", 61.0)
+    checkpointed = pickle.dumps(searcher)
+    finish(searcher, "t2", 62.0)  # the write the kill cuts short
+    path.write_bytes(path.read_bytes()[:-10])
+    printed = []
+    check_resumable_study(plan, printed.append)
+    assert printed == []
+    restored = pickle.loads(checkpointed)
+    restored.attach(plan, str(path))
+    finish(restored, "t2", 62.0)  # Tune runs t2 again
+    assert restored.suggest("t3")
+    states = {t.user_attrs[TUNE_TRIAL_ID]: (t.state.name, t.value) for t in study_of(path.parent).trials}
+    assert states == {"t0": ("COMPLETE", 60.0), "t1": ("COMPLETE", 61.0), "t2": ("COMPLETE", 62.0),
+                      "t3": ("RUNNING", None)}
 
 
 def test_rays_own_reader_sees_every_trial(asha_sweep):
@@ -154,13 +222,13 @@ def finish(searcher, trial_id: str, valid_acc: float) -> None:
     searcher.on_trial_complete(trial_id, {"valid_acc": valid_acc, "task": 5})
 
 
-def test_the_sqlite_study_proposes_what_the_in_memory_one_and_rays_optuna_search_did(tmp_path):
+def test_the_journal_study_proposes_what_the_in_memory_one_and_rays_optuna_search_did(tmp_path):
     """Records are sacred: moving the study to disk, and off Ray's OptunaSearch (which the sweeps used before),
     changes no proposal: a resumed older sweep goes on as it would have."""
     from ray.tune.search.optuna import OptunaSearch
 
     plan = plan_for(tmp_path)
-    in_memory, on_disk = tuner.make_searcher(plan), tuner.make_searcher(plan, str(tmp_path / "optuna.db"))
+    in_memory, on_disk = tuner.make_searcher(plan), tuner.make_searcher(plan, str(tmp_path / "optuna.journal"))
     rays = OptunaSearch(space={key: dist.to_optuna() for key, dist in plan.space.search.items()}, metric="valid_acc",
                         mode="max", seed=plan.cfg.sweep.seed)
     for i in range(12):
@@ -175,7 +243,7 @@ def test_a_restored_searcher_reopens_this_runs_file_and_fails_the_trials_it_lost
     plan = plan_for(tmp_path)
     first, second = tmp_path / "first", tmp_path / "second"
     first.mkdir(), second.mkdir()
-    searcher = tuner.make_searcher(plan, str(first / "optuna.db"))
+    searcher = tuner.make_searcher(plan, str(first / "optuna.journal"))
     pickled_at_start = pickle.dumps(searcher)  # as tuner.pkl holds it
     for i in range(3):
         searcher.suggest(f"t{i}")
@@ -183,38 +251,55 @@ def test_a_restored_searcher_reopens_this_runs_file_and_fails_the_trials_it_lost
     searcher.save(str(tmp_path / "searcher.pkl"))
     searcher.suggest("t3")
     finish(searcher, "t1", 61.0)
-    shutil.move(first / "optuna.db", second / "optuna.db")
+    shutil.move(first / "optuna.journal", second / "optuna.journal")
 
     restored = pickle.loads(pickled_at_start)  # Tuner.restore unpickles tuner.pkl: no connection is made
-    restored.attach(plan, str(second / "optuna.db"))  # as _tuner does, before Tune restores the saved search
+    restored.attach(plan, str(second / "optuna.journal"))  # as _tuner does, before Tune restores the saved search
     restored.restore(str(tmp_path / "searcher.pkl"))
     finish(restored, "t1", 61.0)  # Tune runs t1 again: the study keeps its first finish
     finish(restored, "t2", 62.0)
     restored.on_trial_complete("t4_never_asked_here", None)
     assert restored.suggest("t5")
-    assert not (first / "optuna.db").exists()
-    study = optuna.load_study(study_name="unit", storage=f"sqlite:///{second / 'optuna.db'}")
+    assert not (first / "optuna.journal").exists()
+    study = study_of(second, "unit")
     states = {t.user_attrs[TUNE_TRIAL_ID]: (t.state.name, t.value) for t in study.trials}
     assert states == {"t0": ("COMPLETE", 60.0), "t1": ("COMPLETE", 61.0), "t2": ("COMPLETE", 62.0),
                       "t3": ("FAIL", None), "t5": ("RUNNING", None)}
 
 
 def test_a_failed_trial_that_a_resume_finishes_counts_as_complete(tmp_path):
-    searcher = tuner.make_searcher(plan_for(tmp_path), str(tmp_path / "optuna.db"))
+    searcher = tuner.make_searcher(plan_for(tmp_path), str(tmp_path / "optuna.journal"))
     searcher.suggest("t0")
     searcher.on_trial_complete("t0", error=True)
-    finish(searcher, "t0", 70.0)  # resume_errored ran it again, and it finished
-    study = optuna.load_study(study_name="unit", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    # resume_errored ran it again, and it finished
+    searcher.on_trial_complete("t0", {"valid_acc": 70.0, "task": 2, "valid_acc_seen_per_task": [72.0, 71.0]})
+    study = study_of(tmp_path, "unit")
     assert [(t.state.name, t.value, t.user_attrs[TUNE_TRIAL_ID]) for t in study.trials] == \
            [("FAIL", None, "t0"), ("COMPLETE", 70.0, "t0")]
     assert study.trials[0].params == study.trials[1].params
+    assert study.trials[1].intermediate_values == {1: 72.0, 2: 71.0}
+
+
+def test_each_reports_curve_gives_the_study_what_it_lacks(tmp_path):
+    """Every report carries the signal's curve so far (valid_acc_seen_per_task: index i is task i + 1; the whole
+    history comes in the last report only): each task's value reaches the study once, at step = the task's number,
+    also when a restored trial reports its curve from task 1 again; a value that is not finite is left out."""
+    searcher = tuner.make_searcher(plan_for(tmp_path), str(tmp_path / "optuna.journal"))
+    searcher.suggest("t0")
+    searcher.on_trial_result("t0", {"task": 1, "valid_acc_seen_per_task": [50.0]})
+    searcher.on_trial_result("t0", {"task": 2, "valid_acc_seen_per_task": [50.0, 48.0]})
+    searcher.on_trial_result("t0", {"task": 3, "valid_acc_seen_per_task": [49.0, 48.0, float("nan")]})
+    searcher.on_trial_complete("t0", {"valid_acc": 46.5, "task": 4,
+                                      "valid_acc_seen_per_task": [49.0, 48.0, 47.0, 46.0]})
+    (trial,) = study_of(tmp_path, "unit").trials
+    assert trial.intermediate_values == {1: 50.0, 2: 48.0, 3: 47.0, 4: 46.0} and trial.value == 46.5
 
 
 def test_a_restored_searcher_reopens_its_study_without_a_line_of_optunas(tmp_path):
     """Optuna logs "Using an existing study ..." at INFO (its default level, as in a fresh driver process) when a
     resume reopens the study: that line would land among the sweep's own lines."""
     plan = plan_for(tmp_path)
-    searcher = tuner.make_searcher(plan, str(tmp_path / "optuna.db"))
+    searcher = tuner.make_searcher(plan, str(tmp_path / "optuna.journal"))
     searcher.suggest("t0")
     restored = pickle.loads(pickle.dumps(searcher))
     logged, level = io.StringIO(), optuna.logging.get_verbosity()
@@ -222,7 +307,7 @@ def test_a_restored_searcher_reopens_its_study_without_a_line_of_optunas(tmp_pat
     logging.getLogger("optuna").addHandler(handler)
     optuna.logging.set_verbosity(optuna.logging.INFO)
     try:
-        restored.attach(plan, str(tmp_path / "optuna.db"))
+        restored.attach(plan, str(tmp_path / "optuna.journal"))
         assert restored.suggest("t1")
     finally:
         optuna.logging.set_verbosity(level)
@@ -235,11 +320,10 @@ def test_each_methods_study_names_its_method_in_the_rerun_lines(tmp_path):
     """A sweep over methods: each method's study (SWEEP/METHOD) proposes that method's keys, and the rerun line
     of its trials names the method (the Tune config's ``method``, which the method's study does not search)."""
     plan = planning.build_plan(["space=methods", "sweep.num_samples=1", "sweep.name=unit", f"output_dir={tmp_path}"])
-    searcher = tuner.make_searcher(plan, str(tmp_path / "optuna.db"))
+    searcher = tuner.make_searcher(plan, str(tmp_path / "optuna.journal"))
     proposed = [searcher.suggest(f"t{i}") for i in range(plan.total_trials)]
-    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
     for config in proposed:
-        study = optuna.load_study(study_name=f"unit/{config['method']}", storage=storage)
+        study = study_of(tmp_path, f"unit/{config['method']}")
         assert study.metric_names == ["valid_acc"] and len(study.trials) == 1
         words = study.trials[0].user_attrs[RERUN_COMMAND].split()
         assert words[:3] == ["python", "-m", "ness_sweep.train"] and f"method={config['method']}" in words

@@ -4,7 +4,7 @@ and loads plotly from the one file written beside it, and sweeps without finishe
 with two objectives still report.
 
 Each test builds a sweep folder by hand, as a sweep leaves it: results.parquet written through
-ness_sweep.results, plan.yaml, and optuna.db holding the finished rows as complete trials.
+ness_sweep.results, plan.yaml, and optuna.journal holding the finished rows as complete trials.
 """
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ def make_rows(statuses=TRIALS, seed=0):
 
 
 def make_sweep(root, rows, metric_names=("acc",), searched=tuple(SEARCH), study_trials=None, plan=True):
-    """A sweep folder: results.parquet, plan.yaml, and optuna.db with one complete trial per finished row."""
+    """A sweep folder: results.parquet, plan.yaml, and optuna.journal with one complete trial per finished row."""
     name = "rank_threshold-20250101-000000"
     sweep = root / name
     sweep.mkdir(parents=True)
@@ -98,7 +98,7 @@ def make_sweep(root, rows, metric_names=("acc",), searched=tuple(SEARCH), study_
                   "metrics": list(metric_names), "modes": modes}
         (sweep / "plan.yaml").write_text("# The plan this sweep started with\n" + OmegaConf.to_yaml(record))
     if study_trials is not False:
-        study = optuna.create_study(storage=f"sqlite:///{sweep / 'optuna.db'}", study_name=name,
+        study = optuna.create_study(storage=journal(sweep), study_name=name,
                                     directions=["maximize"] * len(metric_names))
         finished = [r for r in rows if r["status"] == "TERMINATED"]
         for row in finished[:study_trials]:
@@ -114,13 +114,17 @@ def make_sweep(root, rows, metric_names=("acc",), searched=tuple(SEARCH), study_
     return sweep
 
 
+def journal(sweep):
+    """The sweep's study file, opened as the docs tell users to."""
+    return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(sweep / "optuna.journal")))
+
+
 def load(sweep):
     table = results.read_table(str(sweep))
     plan = OmegaConf.to_container(OmegaConf.load(sweep / "plan.yaml")) if (sweep / "plan.yaml").exists() else None
     study = None
-    if (sweep / "optuna.db").exists():
-        study = optuna.load_study(study_name=results.sweep_metadata(table)["sweep"],
-                                  storage=f"sqlite:///{sweep / 'optuna.db'}")
+    if (sweep / "optuna.journal").exists():
+        study = optuna.load_study(study_name=results.sweep_metadata(table)["sweep"], storage=journal(sweep))
     return table, plan, study
 
 
@@ -335,7 +339,7 @@ def test_a_sweep_with_no_finished_trial_still_gets_a_page(tmp_path):
     report_page.write_html(str(sweep))
     page = (sweep / "report.html").read_text()
     assert "No trial has finished yet" in page
-    assert "No optuna.db in the sweep folder" in page
+    assert "No optuna.journal in the sweep folder" in page
     assert page.count("Plotly.newPlot(") == 1 + len(SEARCH)
 
 
@@ -350,9 +354,72 @@ def test_a_study_of_one_complete_trial_is_too_small_for_importances(tmp_path):
 
 def test_an_unreadable_study_is_named_on_the_page(tmp_path):
     sweep = make_sweep(tmp_path, make_rows(), study_trials=False)
-    (sweep / "optuna.db").write_bytes(b"not a database at all" * 10)
+    (sweep / "optuna.journal").write_bytes(b"not a journal at all\n" * 10)
     page = open(report_page.write_html(str(sweep))).read()
-    assert "optuna.db is unreadable" in page
+    assert "optuna.journal is unreadable" in page
+
+
+def test_the_report_reads_a_copy_of_the_journal_and_writes_nothing_else_into_the_sweep_folder(sweep):
+    """The page of a running sweep: its journal may end in a line the driver is still appending (here cut in the
+    middle); the report reads the trials before it, and leaves the journal and the folder as they were (Optuna's
+    journal takes a lock file beside the file it writes: none appears here)."""
+    journal_file = sweep / "optuna.journal"
+    journal_file.write_bytes(journal_file.read_bytes()[:-20])
+    before = {path.name: path.read_bytes() for path in sweep.iterdir()}
+    page = open(report_page.write_html(str(sweep))).read()
+    assert "unreadable" not in page and "Parameter importances, from 6 complete trials" in page
+    after = {path.name: path.read_bytes() for path in sweep.iterdir()}
+    assert set(after) - set(before) == {"report.html", report_page.PLOTLY_JS}
+    assert {name: after[name] for name in before} == before
+
+
+def synthetic_study(trials):
+    """An in-memory study of ``trials`` complete trials over two keys, the objective depending on one of them."""
+    rng = random.Random(1)
+    distributions = {"train.lr": optuna.distributions.FloatDistribution(1e-3, 0.3, log=True),
+                     "ness.rank": optuna.distributions.FloatDistribution(0.05, 1.0)}
+    study = optuna.create_study(direction="maximize")
+    for _ in range(trials):
+        params = {"train.lr": 10 ** rng.uniform(-3, math.log10(0.3)), "ness.rank": rng.uniform(0.05, 1.0)}
+        study.add_trial(optuna.trial.create_trial(params=params, distributions=distributions,
+                                                  value=90 - 10 * abs(math.log10(params["train.lr"]) + 2)))
+    return study
+
+
+def test_importances_of_a_large_study_rest_on_a_seeded_uniform_sample(monkeypatch):
+    """fANOVA's time grows faster than the trials: above IMPORTANCE_TRIALS complete trials the importances come
+    from a random sample of that many (the same one each time, drawn over the whole study, not its first or best
+    trials), and the caption says so."""
+    monkeypatch.setattr(plots, "IMPORTANCE_TRIALS", 30)
+    study = synthetic_study(100)
+    complete = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    sample = plots.importance_sample(complete)
+    assert len({t.number for t in sample}) == 30 and {t.number for t in sample} <= {t.number for t in complete}
+    assert [t.number for t in sample] == sorted(t.number for t in sample)
+    assert [t.number for t in plots.importance_sample(complete)] == [t.number for t in sample]
+    assert min(t.number for t in sample) < 30 and max(t.number for t in sample) >= 70  # spread, not the first 30
+    best = sorted(complete, key=lambda t: t.value)[-30:]
+    assert {t.number for t in sample} != {t.number for t in best}
+    section = plots.importance_section(study, ["acc"], "")
+    assert "on a random 30 of 100 complete trials" in section.caption
+    assert section.title == "Parameter importances, from 30 complete trials" and section.note == ""
+    alone = optuna.create_study(direction="maximize")
+    alone.add_trials(sample)
+    expected = optuna.importance.get_param_importances(alone, evaluator=optuna.importance.FanovaImportanceEvaluator(
+        seed=0))
+    (bars,) = section.figure.data
+    assert dict(zip(bars.x, bars.y)) == pytest.approx(expected)
+    assert max(expected, key=expected.get) == "train.lr"  # the key the objective depends on
+
+
+def test_a_study_of_at_most_the_sample_size_is_used_whole(monkeypatch):
+    monkeypatch.setattr(plots, "IMPORTANCE_TRIALS", 30)
+    study = synthetic_study(30)
+    section = plots.importance_section(study, ["acc"], "")
+    assert "on a random" not in section.caption and section.title.endswith("from 30 complete trials")
+    expected = optuna.importance.get_param_importances(study, evaluator=optuna.importance.FanovaImportanceEvaluator(
+        seed=0))
+    assert dict(zip(section.figure.data[0].x, section.figure.data[0].y)) == pytest.approx(expected)
 
 
 def test_two_objectives_use_the_first_for_importances_and_the_front_for_the_best(tmp_path):
@@ -402,5 +469,5 @@ def test_a_uri_sweep_folder_is_read_and_written_through_its_filesystem(tmp_path,
     assert path == f"fake://{sweep.name}/report.html"
     page = (sweep / "report.html").read_text()
     assert page.count("Plotly.newPlot(") == len(plots.build_figures(*load(sweep)))  # importances included
-    assert "unreadable" not in page and "No optuna.db" not in page
+    assert "unreadable" not in page and "No optuna.journal" not in page
     assert (sweep / report_page.PLOTLY_JS).read_text() == plotly.offline.get_plotlyjs()  # through the file system too

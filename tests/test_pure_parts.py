@@ -124,13 +124,13 @@ def test_flatten_unflatten_and_arguments_round_trip():
 
 
 def test_a_uri_sweep_folder_stages_local_only_writers_and_copies_them_back(tmp_path, monkeypatch):
-    """SQLite and W&B write local files only: for a folder on another file system (here a SubTreeFileSystem,
+    """Optuna's journal and W&B write local files only: for a folder on another file system (here a SubTreeFileSystem,
     which is not a LocalFileSystem) each entry is written in a temporary folder and copied back at the end."""
     import pyarrow.fs as pafs
 
     remote = tmp_path / "remote"
     (remote / "root" / "s").mkdir(parents=True)
-    (remote / "root" / "s" / "optuna.db").write_text("from the last run")
+    (remote / "root" / "s" / "optuna.journal").write_text("from the last run")
     subtree = pafs.SubTreeFileSystem(str(remote), pafs.LocalFileSystem())
     monkeypatch.setattr(results, "filesystem_and_path", lambda location: (subtree, "root"))
     folder = results.SweepFolder("bucket://anywhere", "s")
@@ -140,7 +140,7 @@ def test_a_uri_sweep_folder_stages_local_only_writers_and_copies_them_back(tmp_p
         open(study, "w").write("this run")
         os.makedirs(os.path.join(wandb_dir, "run-1"))
         open(os.path.join(wandb_dir, "run-1", "run.wandb"), "w").write("records")
-    assert (remote / "root" / "s" / "optuna.db").read_text() == "this run"
+    assert (remote / "root" / "s" / "optuna.journal").read_text() == "this run"
     assert (remote / "root" / "s" / "wandb" / "run-1" / "run.wandb").read_text() == "records"
     assert not os.path.exists(study)  # the staging folder is gone
 
@@ -148,7 +148,7 @@ def test_a_uri_sweep_folder_stages_local_only_writers_and_copies_them_back(tmp_p
 def test_a_local_sweep_folder_is_written_in_place(tmp_path):
     folder = results.SweepFolder(str(tmp_path), "s")
     with folder.staged_locally(folder.OPTUNA, fetch=True) as study:
-        assert study == str(tmp_path / "s" / "optuna.db")
+        assert study == str(tmp_path / "s" / "optuna.journal")
 
 
 def test_a_schema_with_method_groups_survives_cloudpickle_in_this_process():

@@ -19,7 +19,7 @@ from ness_sweep import report, results, run, train
 from ness_sweep.benchmarks import check_stream, stream_for
 from ness_sweep.methods import load_run_config
 from ness_sweep.results import SweepFolder
-from ness_sweep.sweep import callbacks, plan as planning, trial as trials
+from ness_sweep.sweep import callbacks, checkpoints, plan as planning, trial as trials
 
 
 def run_command(args):
@@ -177,32 +177,46 @@ def saved_checkpoints(tmp_path: Path, count: int) -> list:
         seed_run.step()
         folder = tmp_path / f"checkpoint_{index:06d}"
         folder.mkdir()
-        torch.save([seed_run.state_dict()], folder / trials.CHECKPOINT_FILE)
+        torch.save([seed_run.state_dict()], folder / checkpoints.CHECKPOINT_FILE)
         folders.append(folder)
     return folders
 
 
 def test_an_unreadable_checkpoint_falls_back_to_the_one_before(tmp_path):
     older, newest = saved_checkpoints(tmp_path, 2)
-    (newest / trials.CHECKPOINT_FILE).write_bytes(b"\x80garbage" * 100)
-    states, note = trials.load_checkpoint(tune.Checkpoint.from_directory(str(newest)))
-    assert states[0]["trainer"]["next_task"] == 1  # the older one: after task 1
-    assert "checkpoint_000001 unreadable" in note and note.endswith("continued from checkpoint_000000")
+    (newest / checkpoints.CHECKPOINT_FILE).write_bytes(b"\x80garbage" * 100)
+    restored = checkpoints.load_checkpoint(tune.Checkpoint.from_directory(str(newest)))
+    assert restored.states[0]["trainer"]["next_task"] == 1  # the older one: after task 1
+    assert "checkpoint_000001 unreadable" in restored.recovery
+    assert restored.recovery.endswith("continued from checkpoint_000000")
 
 
 def test_a_truncated_checkpoint_with_none_before_starts_afresh(tmp_path):
     only, = saved_checkpoints(tmp_path, 1)
-    path = only / trials.CHECKPOINT_FILE
+    path = only / checkpoints.CHECKPOINT_FILE
     path.write_bytes(path.read_bytes()[:1000])
-    states, note = trials.load_checkpoint(tune.Checkpoint.from_directory(str(only)))
-    assert states is None and "checkpoint_000000 unreadable" in note and note.endswith("started afresh")
+    restored = checkpoints.load_checkpoint(tune.Checkpoint.from_directory(str(only)))
+    assert restored.states is None and restored.ended is None
+    assert "checkpoint_000000 unreadable" in restored.recovery and restored.recovery.endswith("started afresh")
 
 
 def test_the_newest_checkpoint_wins_even_when_tune_hands_back_an_older_one(tmp_path):
     older, newest = saved_checkpoints(tmp_path, 2)
     for given in (older, newest):  # Tune's experiment state may lag behind what the trial wrote
-        states, note = trials.load_checkpoint(tune.Checkpoint.from_directory(str(given)))
-        assert states[0]["trainer"]["next_task"] == 2 and note is None
+        restored = checkpoints.load_checkpoint(tune.Checkpoint.from_directory(str(given)))
+        assert restored.states[0]["trainer"]["next_task"] == 2 and restored.recovery is None
+
+
+def test_emptied_checkpoints_are_passed_over_and_a_report_alone_means_the_trial_ended(tmp_path):
+    first, second, third = saved_checkpoints(tmp_path, 3)
+    for emptied in (first, second):  # what the driver leaves of older checkpoints: Tune may still name them
+        (emptied / checkpoints.CHECKPOINT_FILE).unlink()
+    restored = checkpoints.load_checkpoint(tune.Checkpoint.from_directory(str(first)))
+    assert restored.states[0]["trainer"]["next_task"] == 3 and restored.recovery is None
+    (third / checkpoints.REPORT_FILE).write_text('{"task": 3, "acc": 88.5}')
+    (third / checkpoints.CHECKPOINT_FILE).unlink()  # the trial ended: its states removed, its report kept
+    restored = checkpoints.load_checkpoint(tune.Checkpoint.from_directory(str(second)))
+    assert restored.ended == {"task": 3, "acc": 88.5} and restored.states is None
 
 
 def test_a_preset_best_yaml_holds_threads_and_device(streams_swept):

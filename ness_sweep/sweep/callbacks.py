@@ -3,16 +3,19 @@ the run when a file of the sweep folder cannot be written."""
 
 from __future__ import annotations
 
+import math
 import os
+import time
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from ray import tune
 from ray.tune.experiment import Trial
 
 from .. import results
 from ..config import flatten, resolved
-from ..metrics import TEST, VALID, on_split
+from ..metrics import TEST, VALID
 from ..results import Stage, Status
 from .columns import column_types
 from .plan import CONFIRMS, SweepPlan, trial_run_config
@@ -100,14 +103,18 @@ class FailedWrites(tune.Callback):
 
 
 class ResultsTable(tune.Callback):
-    """Rewrites ``results.parquet`` whenever a trial ends, and once more at the end of the stage: this stage's
-    trials (the search's, or the confirmation's) after the other stage's rows as the table held them. A write
-    that fails goes to ``failed_writes``, which ends the run."""
+    """Keeps ``results.parquet``: each trial's row as the trial ends, in a small file of its own beside the table
+    (``results.write_row``, a cost that does not grow with the sweep), and the whole table rewritten with every
+    row (the running trials' too) when the stage first writes, at most every ``REWRITE_S`` seconds after, and when
+    the stage ends. What ``results.read_table`` reads is then every row at any moment, after a kill too. Rows are
+    built once: a resume keeps the rows the table holds of trials that had ended. A write that fails goes to
+    ``failed_writes``, which ends the run."""
+
+    REWRITE_S = 30.0
 
     def __init__(self, plan: SweepPlan, stage: str = Stage.SEARCH, failed_writes: Optional[FailedWrites] = None):
         self.plan, self.stage = plan, stage
         self.failed_writes = failed_writes or FailedWrites()
-        self.kept: Optional[List[Dict[str, Any]]] = None  # the other stage's rows, read before the first write
         self.columns = column_types(plan.run_settings(), plan.space, plan.run_schema())
         self.schema = results.make_schema(self.columns, {
             "sweep": plan.name,
@@ -125,6 +132,11 @@ class ResultsTable(tune.Callback):
         self.statuses: Dict[str, str] = {}  # trial id -> how it ended, as seen here
         self.ended_before: Optional[set] = None
         self.configs: Dict[str, Dict[str, Any]] = {}  # trial id -> config columns (merging is slow-ish)
+        self.rows: Optional[Dict[Tuple[str, str], Dict[str, Any]]] = None  # results.row_key -> row: the whole table
+        self.final: set = set()  # trial ids of this stage whose row will not change
+        self.times: Dict[str, Dict[str, datetime]] = {}  # trial id -> started_at, ended_at
+        self.row_files: List[str] = []  # written since the table was last rewritten
+        self.rewritten_at = -math.inf
 
     def config_cells(self, trial) -> Dict[str, Any]:
         if trial.trial_id not in self.configs:
@@ -143,6 +155,9 @@ class ResultsTable(tune.Callback):
     def on_step_begin(self, iteration, trials, **info):
         self.note_ended_before(trials)
 
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self.times.setdefault(trial.trial_id, {}).setdefault("started_at", _now())
+
     def status(self, trial, running: bool = True) -> str:
         """How the trial ended, or PENDING / RUNNING / PAUSED while the sweep runs and UNFINISHED after
         (Tune marks trials it stops on an interrupt TERMINATED; resume=true continues them)."""
@@ -157,46 +172,88 @@ class ResultsTable(tune.Callback):
         status = self.status(trial, running)
         row = {"trial_id": trial.trial_id, "status": status, "stage": self.stage,
                "confirms": trial.config.get(CONFIRMS), "node_ip": result.get("node_ip"),
-               "node_id": result.get("node_id"), **self.config_cells(trial)}
+               "node_id": result.get("node_id"), **self.config_cells(trial), **self.trial_times(trial, result)}
         for name, _ in results.METRIC_COLUMNS:
             if name not in row:
                 row[name] = result.get(name)
-        for split in (TEST, VALID):
-            seen = on_split("acc_seen", split)
-            row[f"{seen}_per_task"] = [entry[seen] for entry in result.get("history", [])] or None
         if status == Status.ERROR:
             row["error"] = _error_text(trial)
         return row
 
-    def kept_rows(self) -> List[Dict[str, Any]]:
-        """The other stage's rows, as the table held them when this stage first wrote: a resumed search keeps the
-        confirmation's rows, the confirmation keeps the search's."""
-        if self.kept is None:
+    def trial_times(self, trial, result: Dict[str, Any]) -> Dict[str, Optional[datetime]]:
+        """started_at and ended_at as this driver saw them, else as the table held them (a resumed trial started
+        under an earlier driver), else from the trial's last report (Tune's ``timestamp`` and ``time_total_s``)."""
+        seen = self.times.get(trial.trial_id, {})
+        held = (self.rows or {}).get((self.stage, trial.trial_id), {})
+        times = {key: seen.get(key) or held.get(key) for key in ("started_at", "ended_at")}
+        reported = result.get("timestamp")
+        if reported is not None and times["started_at"] is None:
+            times["started_at"] = datetime.fromtimestamp(reported - result.get("time_total_s", 0), timezone.utc)
+        if reported is not None and times["ended_at"] is None and trial.trial_id in (self.ended_before or ()):
+            times["ended_at"] = datetime.fromtimestamp(reported, timezone.utc)
+        return times
+
+    def table_rows(self) -> Dict[Tuple[str, str], Dict[str, Any]]:
+        """Every row the table holds, read once, before this stage first writes: a resumed search keeps the
+        confirmation's rows and its own rows of trials that had ended, the confirmation keeps the search's."""
+        if self.rows is None:
             folder = self.plan.folder
             try:
-                rows = results.read_table(self.plan.sweep_dir).to_pylist() if folder.exists(folder.TABLE) else []
+                table = results.read_table(self.plan.sweep_dir) if folder.exists(folder.TABLE) else None
+                self.row_files = results.row_files(folder.filesystem, folder.path(folder.TABLE))
             except OSError as error:  # a folder in the table's place
                 raise results.write_failed(folder.filesystem, folder.path(folder.TABLE), error, "read") from None
-            self.kept = [row for row in rows if (row.get("stage") or Stage.SEARCH) != self.stage]
-        return self.kept
+            rows = table.to_pylist() if table is not None else []
+            self.rows = {results.row_key(row): row for row in rows}
+            self.final = {trial_id for (stage, trial_id), row in self.rows.items() if stage == self.stage
+                          and row["status"] in Status.ENDED and trial_id in (self.ended_before or ())}
+        return self.rows
 
-    def write(self, trials, running: bool = True) -> None:
+    def rewrite(self, trials, running: bool = True) -> None:
+        """The whole table: this stage's trials in Tune's order, after (the search) or before (the confirmation)
+        the other stage's rows; rows of trials still running built anew, ended ones as they were."""
+        rows = self.table_rows()
+        for trial in trials:
+            if trial.trial_id not in self.final:
+                rows[self.stage, trial.trial_id] = self.row(trial, running)
+                if trial.trial_id in (self.ended_before or ()):
+                    self.final.add(trial.trial_id)
+        mine = [rows[self.stage, t.trial_id] for t in trials]
+        others = [row for (stage, _), row in rows.items() if stage != self.stage]
+        ordered = others + mine if self.stage == Stage.CONFIRM else mine + others
         folder = self.plan.folder
-        rows = [self.row(t, running) for t in trials]
+        results.write_table(ordered, self.schema, folder.filesystem, folder.path(folder.TABLE), self.row_files)
+        self.row_files, self.rewritten_at = [], time.monotonic()
+
+    def ended(self, trials, trial, status: str) -> None:
+        """A trial's row, final: in a row file, or with the whole table when that is due."""
+        self.statuses[trial.trial_id] = status
+        self.times.setdefault(trial.trial_id, {})["ended_at"] = _now()
+        folder = self.plan.folder
         try:
-            ordered = self.kept_rows() + rows if self.stage == Stage.CONFIRM else rows + self.kept_rows()
-            results.write_table(ordered, self.schema, folder.filesystem, folder.path(folder.TABLE))
+            rows = self.table_rows()
+            if time.monotonic() - self.rewritten_at >= self.REWRITE_S:
+                self.rewrite(trials)
+            else:
+                rows[self.stage, trial.trial_id] = row = self.row(trial, running=True)
+                self.row_files.append(results.write_row(row, self.schema, folder.filesystem, folder.path(folder.TABLE)))
+            self.final.add(trial.trial_id)
         except results.WriteFailed as error:
             self.failed_writes.record(error)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        self.statuses[trial.trial_id] = trial_status(trial.last_result)
-        self.write(trials)
+        self.ended(trials, trial, trial_status(trial.last_result))
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self.statuses[trial.trial_id] = Status.ERROR
-        self.write(trials)
+        self.ended(trials, trial, Status.ERROR)
 
     def on_experiment_end(self, trials, **info):
         self.note_ended_before(trials)  # a resumed sweep with nothing left to run takes no step
-        self.write(trials, running=False)
+        try:
+            self.rewrite(trials, running=False)
+        except results.WriteFailed as error:
+            self.failed_writes.record(error)
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)

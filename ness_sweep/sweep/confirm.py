@@ -23,6 +23,17 @@ def search_complete(plan: SweepPlan, table: pa.Table) -> bool:
     return len(search) >= plan.total_trials and all(row["status"] in Status.ENDED for row in search)
 
 
+def nothing_left(plan: SweepPlan, table: pa.Table) -> bool:
+    """Every trial the search planned and every rerun its confirmation needs have ended, and none failed (a resume
+    runs a failed one again): a resume would run nothing."""
+    rows = table.to_pylist()
+    if not search_complete(plan, table) or any(row["status"] == Status.ERROR for row in rows):
+        return False
+    reruns = results.stage_rows(rows, Stage.CONFIRM)
+    needed = len(confirmation_configs(plan, table)) if plan.cfg.sweep.confirm_top else 0
+    return len(reruns) >= needed and all(row["status"] in Status.ENDED for row in reruns)
+
+
 def confirmation_configs(plan: SweepPlan, table: pa.Table) -> List[Dict[str, Any]]:
     """One Tune config per (confirmed search row, fresh seed): the row's searched values, the seed, and
     ``CONFIRMS``: the row's trial ID."""

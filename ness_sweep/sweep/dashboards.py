@@ -129,6 +129,19 @@ def run_id(sweep_name: str, key: str) -> str:
     return f"{key}-{hashlib.sha1(sweep_name.encode()).hexdigest()[:10]}"
 
 
+def task_entries(result: Dict[str, Any]) -> List[Dict[str, Any]]:
+    """The per-task entries (``trial.task_history``) a trial's report holds, from task 1: its last report carries
+    the whole history; any other, its own task's entry, the tasks before it with their learning curves alone
+    (``acc_seen_per_task``, ``valid_acc_seen_per_task``). A diverged trial's report holds none."""
+    if "history" in result:
+        return result["history"]
+    if "acc_row" not in result:
+        return []
+    curves = {seen: result.get(f"{seen}_per_task") or [] for seen in (on_split("acc_seen", s) for s in (TEST, VALID))}
+    earlier = [{"task": k + 1, **{seen: curve[k] for seen, curve in curves.items()}} for k in range(result["task"] - 1)]
+    return [*earlier, result]
+
+
 class WandbRuns(tune.Callback):
     """One W&B run per trial in the sweep's group, and one ``<sweep>-summary`` run at the end.
 
@@ -141,8 +154,9 @@ class WandbRuns(tune.Callback):
 
     Across a kill and ``resume=true`` every run keeps its id. Offline, a run that a killed driver left open
     holds only the tasks before the kill (or nothing): it is removed, and the resumed trial's run is
-    written anew from task 1, since every report carries the trial's whole per-task history. Online, W&B
-    resumes the run on its server and only the tasks it lacks are logged.
+    written anew from task 1 (``task_entries``: earlier tasks' curves from each report, their accuracy rows and
+    diagnostics from the last report's history). Online, W&B resumes the run on its server and only the tasks it
+    lacks are logged.
     """
 
     def __init__(self, plan, directory: str):
@@ -190,15 +204,15 @@ class WandbRuns(tune.Callback):
         run = self.runs.get(trial.trial_id)
         if run is None:
             return
-        for entry in result.get("history", []):
+        for entry in task_entries(result):
             if entry["task"] <= self.logged[trial.trial_id]:
                 continue
             logged = {"task": entry["task"]}
             for split in (TEST, VALID):
                 logged[on_split("acc_seen", split)] = entry[on_split("acc_seen", split)]
                 logged.update({f"{on_split('acc_task', split)}/{j + 1}": acc
-                               for j, acc in enumerate(entry[on_split("acc_row", split)])})
-            logged.update({f"diagnostics/{key}": value for key, value in entry["task_diagnostics"].items()})
+                               for j, acc in enumerate(entry.get(on_split("acc_row", split), []))})
+            logged.update({f"diagnostics/{key}": value for key, value in entry.get("task_diagnostics", {}).items()})
             run.log(logged)
             self.logged[trial.trial_id] = entry["task"]
 

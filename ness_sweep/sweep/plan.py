@@ -54,7 +54,7 @@ DEFAULT_NUM_SAMPLES = 10
 
 # Keys a resume may change: where and how fast the sweep runs, never what a trial trains.
 RESUME_MAY_CHANGE = ("resume", "output_dir", "sweep.name", "sweep.max_concurrent", "ray.address", "wandb.mode",
-                     "trial.max_failures", "dry_run")
+                     "trial.max_failures", "trial.keep_checkpoints", "dry_run")
 
 
 # in a confirmation trial's Tune config: the search row it reruns (the table's column of that name)
@@ -436,14 +436,14 @@ def _validate_trial(cfg: DictConfig) -> None:
 
 
 def stream_key(settings: Dict[str, Any]) -> str:
-    """A stream's identity: its stream-shaping settings (``data.stream_settings``) as canonical JSON."""
+    """A stream's identity: its stream-shaping settings (``benchmarks.stream_settings``) as canonical JSON."""
     return json.dumps(settings, sort_keys=True)
 
 
 def stream_variants(plan: SweepPlan) -> Dict[str, Tuple[DictConfig, int]]:
     """Every stream some trial may train on, keyed by ``stream_key``: a run config and seed that make it.
 
-    Searched keys that shape the stream (``data.STREAM_KEYS``) take each of their options: choice, or
+    Searched keys that shape the stream (``benchmarks.STREAM_KEYS``) take each of their options: choice, or
     every integer of an int range. A continuous distribution over such a key would need a new stream per
     trial, and more than ``MAX_STREAMS`` streams would crowd the object store: both are refused.
     """

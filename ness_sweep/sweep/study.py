@@ -1,12 +1,16 @@
-"""The sweep's Optuna study on disk (``optuna.db``, SQLite): the searcher that writes it, and a resume's check of it.
+"""The sweep's Optuna study on disk (``optuna.journal``, Optuna's journal file): the searcher that writes it, and a
+resume's check of it (which first migrates the SQLite ``optuna.db`` of a sweep begun before the journal).
 
 The searcher drives Optuna through its public ask-and-tell API: ``study.ask`` proposes, each task's report becomes
 an intermediate value, ``study.tell`` records how the trial ended. What ``optuna-dashboard`` shows is then the
 sweep: objectives by name, learning curves up to where ASHA stopped a trial, and on each trial its Tune trial ID
 and the ``ness_sweep.train`` line that reruns it.
 
+The journal appends one JSON line per operation: ~8 ms of driver time per trial (ask, two user attributes, five
+intermediate values, tell) where SQLite spent ~45 ms in its commits, on the driver's one thread that also runs Tune.
+
 Tune pickles the searcher (``tuner.pkl`` at the start, its state at every experiment checkpoint) and a resume
-restores it from those pickles. A pickled SQLite storage would reconnect to the path of the run that pickled it
+restores it from those pickles. A pickled storage would reopen the path of the run that pickled it
 (a staging folder since deleted, or a folder the sweep moved from), so the searcher pickles no connection: the
 driver attaches the restored searcher to this run's file (``SweepFolder.staged_locally``) and it keeps writing
 the same study, its TPE sampler continuing from its pickled random state.
@@ -17,20 +21,22 @@ from __future__ import annotations
 import collections
 import contextlib
 import math
+import os
 import pickle
+import shutil
+import tempfile
 import warnings
 from types import SimpleNamespace
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import optuna
 import pyarrow.fs as pafs
-import sqlalchemy.exc
 from optuna.trial import TrialState
 from ray.tune.search import Searcher
 
 from ..config import UserError, first_line
-from ..report import TPE_STARTUP_TRIALS, train_command
-from ..results import WriteFailed
+from ..report import TPE_STARTUP_TRIALS, journal_storage, quiet_optuna, train_command
+from ..results import SweepFolder, WriteFailed, write_atomically
 from .callbacks import FailedWrites, ResultsTable
 from .plan import SweepPlan
 
@@ -38,18 +44,32 @@ TUNE_TRIAL_ID = "trial_id"  # user attribute of each study trial: the Tune trial
 RERUN_COMMAND = "rerun"  # user attribute of each study trial: the line that reruns it (report.train_command)
 INTERMEDIATE_VALUES = "intermediate_values"  # user attribute of the study: what its trials' intermediate values are
 # this run's own: never pickled
-_LIVE = ("_study", "_storage", "_trials", "_reported", "_rerun", "database", "failed_writes")
-# what a failed write of optuna.db raises: SQLite's errors through SQLAlchemy, the file system's, Optuna's wrapper
-STORAGE_ERRORS = (OSError, sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError)
+_LIVE = ("_study", "_storage", "_trials", "_reported", "_rerun", "journal", "failed_writes")
+# What a failed write of the journal raises: the file system's errors (opening, appending, fsync, Optuna's lock
+# file beside it). Optuna wraps none of them; its lock raises RuntimeError only when another writer took the lock
+# away, which one driver per sweep folder (sweep/lock.py) rules out.
+STORAGE_ERRORS = (OSError,)
+SQLITE_STUDY = "optuna.db"  # the study's file (SQLite) before the journal: a resume migrates it once
+# with SQLite's rollback journal, which a driver killed mid-commit leaves beside it (SQLite rolls it back on opening)
+SQLITE_FILES = (SQLITE_STUDY, f"{SQLITE_STUDY}-journal")
 
 
-def sqlite_storage(database: str) -> optuna.storages.RDBStorage:
-    return optuna.storages.RDBStorage(f"sqlite:///{database}")
+def storage_failure(journal: Optional[str], error: Exception) -> WriteFailed:
+    """``cannot write .../optuna.journal (No space left on device)``: the file and the cause, in one line."""
+    return WriteFailed(f"cannot write {journal or 'the in-memory study'} ({first_line(error)})")
 
 
-def storage_failure(database: Optional[str], error: Exception) -> WriteFailed:
-    """``cannot write .../optuna.db (database or disk is full)``: the file and the cause, in one line."""
-    return WriteFailed(f"cannot write {database or 'the in-memory study'} ({first_line(error)})")
+def cut_torn_line(journal: str) -> None:
+    """A driver killed while appending can leave the journal's last line incomplete. Optuna reads past such a
+    line, but its next append would continue that line, garbling both records (that write fails, and so would every
+    later read of the journal): the incomplete line, an operation its caller never saw done, is cut off before this
+    run writes."""
+    if not os.path.exists(journal):
+        return
+    with open(journal, "rb+") as file:
+        logged = file.read()  # as much as Optuna reads when it opens the journal
+        if logged and not logged.endswith(b"\n"):
+            file.truncate(logged.rfind(b"\n") + 1)
 
 
 def tune_objective(plan: SweepPlan) -> Tuple[Any, Any]:
@@ -63,22 +83,10 @@ def study_name(plan: SweepPlan, method: Optional[str] = None) -> str:
 
 
 def study_names(plan: SweepPlan) -> List[str]:
-    """Every study the sweep writes into optuna.db."""
+    """Every study the sweep writes into its journal."""
     if not plan.by_method:
         return [study_name(plan)]
     return [study_name(plan, str(method)) for method in plan.space.search["method"].values]
-
-
-@contextlib.contextmanager
-def quiet_optuna() -> Iterator[None]:
-    """Optuna logs at INFO each study it creates or loads ("Using an existing study with name ..."); the sweep
-    prints lines of its own, so Optuna's are muted while the searcher calls it (and only then)."""
-    level = optuna.logging.get_verbosity()
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    try:
-        yield
-    finally:
-        optuna.logging.set_verbosity(level)
 
 
 def rerun_line(plan: SweepPlan) -> Callable[[str, Dict[str, Any]], str]:
@@ -112,24 +120,24 @@ class StudySearch(Searcher):
         self.method = method  # a study of a sweep over methods: the Tune config's ``method``, for the rerun line
         self.sampler = optuna.samplers.TPESampler(seed=plan.cfg.sweep.seed, n_startup_trials=TPE_STARTUP_TRIALS)
         self.numbers: Dict[str, int] = {}  # Tune trial id -> study trial number
-        self.database: Optional[str] = None
+        self.journal: Optional[str] = None
         self.failed_writes: Optional[FailedWrites] = None
         self._study: Optional[optuna.Study] = None
 
-    def attach(self, plan: SweepPlan, database: Optional[str], failed_writes: Optional[FailedWrites] = None) -> None:
-        """Write the study in the SQLite file ``database`` (None: in memory): this run's file, also after a resume.
+    def attach(self, plan: SweepPlan, journal: Optional[str], failed_writes: Optional[FailedWrites] = None) -> None:
+        """Write the study in the journal file ``journal`` (None: in memory): this run's file, also after a resume.
         A write that fails goes to ``failed_writes``, which ends the run (Tune would blame the trial whose
         event the searcher was handling); without it, it raises."""
-        self.database, self._rerun, self.failed_writes = database, rerun_line(plan), failed_writes
+        self.journal, self._rerun, self.failed_writes = journal, rerun_line(plan), failed_writes
         self._study = None
 
     @contextlib.contextmanager
     def writing(self) -> Iterator[None]:
-        """Around every call that writes optuna.db: a failure is the driver's, one line naming the file."""
+        """Around every call that writes the journal: a failure is the driver's, one line naming the file."""
         try:
             yield
         except STORAGE_ERRORS as error:
-            failure = storage_failure(self.database, error)
+            failure = storage_failure(self.journal, error)
             if self.failed_writes is None:
                 raise failure from None
             self.failed_writes.record(failure)
@@ -140,7 +148,9 @@ class StudySearch(Searcher):
         trials it does not know are failed (asked after Tune's last checkpoint, before the driver died)."""
         if self._study is not None:
             return self._study
-        self._storage = sqlite_storage(self.database) if self.database else optuna.storages.InMemoryStorage()
+        if self.journal:
+            cut_torn_line(self.journal)
+        self._storage = journal_storage(self.journal) if self.journal else optuna.storages.InMemoryStorage()
         with quiet_optuna():
             study = optuna.create_study(storage=self._storage, sampler=self.sampler, pruner=optuna.pruners.NopPruner(),
                                         study_name=self.name, directions=self.directions, load_if_exists=True)
@@ -180,7 +190,7 @@ class StudySearch(Searcher):
     def suggest(self, trial_id: str) -> Optional[Dict]:
         with self.writing():
             return self._suggest(trial_id)
-        return None  # optuna.db could not be written: no trial, and the run ends at its next step
+        return None  # the journal could not be written: no trial, and the run ends at its next step
 
     def on_trial_result(self, trial_id: str, result: Dict[str, Any]) -> None:
         with self.writing():
@@ -204,16 +214,22 @@ class StudySearch(Searcher):
     def _fixed(self) -> Dict[str, Any]:
         return {"method": self.method} if self.method else {}
 
+    def _curve(self, result: Dict[str, Any]) -> Dict[int, float]:
+        """The signal after each task the trial has finished, by the task's number: every report carries the
+        curve so far (``valid_acc_seen_per_task``: index i is task i + 1); a value that is not finite is left out."""
+        values = (result.get(f"{self.signal}_per_task") or []) if self.signal else []
+        return {task: value for task, value in enumerate(values, start=1) if _finite(value)}
+
     def _on_trial_result(self, trial_id: str, result: Dict[str, Any]) -> None:
-        """The signal of every task the report's history holds that the study lacks (a trial resumed elsewhere
-        reports its whole history)."""
+        """The signal of every task of the report's curve that the study lacks (a trial resumed elsewhere, or
+        restored by a resume, reports its curve from task 1)."""
         if self.signal is None or trial_id not in self.numbers or self._stored(trial_id).state.is_finished():
             return
         reported = self._reported[trial_id]
-        for entry in result.get("history") or []:  # trial.task_history: one entry per finished task
-            if entry["task"] not in reported and _finite(entry.get(self.signal)):
-                self._trial(trial_id).report(entry[self.signal], entry["task"])
-                reported.add(entry["task"])
+        for task, value in self._curve(result).items():
+            if task not in reported:
+                self._trial(trial_id).report(value, task)
+                reported.add(task)
 
     def _on_trial_complete(self, trial_id: str, result: Optional[Dict[str, Any]], error: bool) -> None:
         if trial_id not in self.numbers:  # a URI sweep's driver died before copying its study back
@@ -234,8 +250,7 @@ class StudySearch(Searcher):
                              result: Dict[str, Any]) -> None:
         """A trial that failed (or was failed when a driver died) and that a resume ran to its end: a new
         COMPLETE study trial with its params, user attributes and learning curve, which the Tune trial maps to."""
-        curve = {entry["task"]: entry[self.signal] for entry in result.get("history") or []
-                 if self.signal and _finite(entry.get(self.signal))}
+        curve = self._curve(result)
         study = self.open()
         study.add_trial(optuna.trial.create_trial(
             params=earlier.params, distributions=earlier.distributions, user_attrs=earlier.user_attrs,
@@ -260,7 +275,7 @@ class StudySearch(Searcher):
 
     def __setstate__(self, state: Dict[str, Any]) -> None:
         self.__dict__.update(state)
-        self.database, self._study = None, None
+        self.journal, self._study = None, None
 
     def save(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "wb") as file:
@@ -276,7 +291,7 @@ def _finite(value: Any) -> bool:
 
 
 class PerMethodSearch(Searcher):
-    """A sweep over methods: one Optuna study per method (``SWEEP/METHOD`` in optuna.db), taking turns, so each
+    """A sweep over methods: one Optuna study per method (``SWEEP/METHOD`` in the journal), taking turns, so each
     method gets ``per_method`` trials and a TPE that learns from its own trials only. One TPE over all methods
     would give them unequal budgets (it favours the method that looks best early) and share one learning rate
     model across methods whose good rates differ."""
@@ -286,10 +301,10 @@ class PerMethodSearch(Searcher):
         self.searchers, self.per_method = searchers, plan.num_samples
         self.method_of: Dict[str, str] = {}  # Tune trial id -> the method whose study proposed it
 
-    def attach(self, plan: SweepPlan, database: Optional[str], failed_writes: Optional[FailedWrites] = None) -> None:
-        """This run's copy of optuna.db, for every method's study."""
+    def attach(self, plan: SweepPlan, journal: Optional[str], failed_writes: Optional[FailedWrites] = None) -> None:
+        """This run's copy of the journal, for every method's study."""
         for searcher in self.searchers.values():
-            searcher.attach(plan, database, failed_writes)
+            searcher.attach(plan, journal, failed_writes)
 
     def open(self) -> None:
         for searcher in self.searchers.values():
@@ -330,18 +345,50 @@ class PerMethodSearch(Searcher):
         self.method_of = state["method_of"]
 
 
-def check_resumable_study(plan: SweepPlan, out: Callable[[str], None]) -> None:
-    """Before a resume starts Ray: the sweep's optuna.db is there and opens, with every study the sweep writes.
+def migrate_sqlite_study(folder: SweepFolder, out: Callable[[str], None]) -> None:
+    """A sweep begun before the journal keeps its study in SQLite (``optuna.db``): every study in it is copied once
+    into the journal with Optuna's ``copy_study`` (trials in their order, values, intermediate values, attributes,
+    objective names), and the sweep writes the journal from then on. optuna.db is read from a private copy and
+    kept as it was (with its rollback journal when a killed driver left one); the new journal is built aside and
+    moved in whole, so a migration that fails changes nothing."""
+    old, new = folder.shown(SQLITE_STUDY), folder.shown(folder.OPTUNA)
+    with tempfile.TemporaryDirectory(prefix="ness_sweep_migration_") as scratch:
+        journal = os.path.join(scratch, folder.OPTUNA)
+        try:
+            for name in (name for name in SQLITE_FILES if folder.exists(name)):
+                with folder.filesystem.open_input_stream(folder.path(name)) as source, \
+                        open(os.path.join(scratch, name), "wb") as copy:
+                    shutil.copyfileobj(source, copy)
+            sqlite, target = optuna.storages.RDBStorage(f"sqlite:///{scratch}/{SQLITE_STUDY}"), journal_storage(journal)
+            with quiet_optuna():
+                for name in optuna.get_all_study_names(sqlite):
+                    optuna.copy_study(from_study_name=name, from_storage=sqlite, to_storage=target)
+            sqlite.engine.dispose()
+        except Exception as error:  # sqlite3, SQLAlchemy and Optuna each raise their own types
+            raise UserError(f"resume=true: {old} (the sweep's Optuna study in SQLite) cannot be migrated to {new} "
+                            f"({first_line(error)}); put back a good copy, or start a new sweep") from None
+        with open(journal, "rb") as logged:
+            write_atomically(folder.filesystem, folder.path(folder.OPTUNA), logged.read())
+    out(f"{old}: the sweep's Optuna study, in SQLite as an earlier ness_sweep wrote it, is migrated to {new}, "
+        f"which the sweep writes from now on ({SQLITE_STUDY} is kept as it was)")
 
-    A missing or unreadable file is refused in one line (UserError), nothing changed: continuing would give TPE
-    an empty study and break the record that the study's COMPLETE trials are the table's finished rows. A sweep
-    folder on a URI receives its optuna.db when a driver ends; one killed in its first run left none there: that
-    resume continues with a new study, and says so.
+
+def check_resumable_study(plan: SweepPlan, out: Callable[[str], None]) -> None:
+    """Before a resume starts Ray: the sweep's journal is there and opens, with every study the sweep writes (a
+    sweep that has only the SQLite optuna.db of an earlier ness_sweep is migrated first).
+
+    A missing or unreadable journal is refused in one line (UserError), nothing changed: continuing would give TPE
+    an empty study and break the record that the study's COMPLETE trials are the table's finished rows. A journal
+    whose last line is incomplete (a driver killed while appending) opens: Optuna reads past that line and the
+    searcher cuts it off before writing (``cut_torn_line``). A sweep folder on a URI receives its journal when a
+    driver ends; one killed in its first run left none there: that resume continues with a new study, and says so.
     """
     from ..report_page import opened_study  # plotly loads only on a resume
 
     folder = plan.folder
     shown = folder.shown(folder.OPTUNA)
+    if not folder.exists(folder.OPTUNA) and folder.exists(SQLITE_STUDY):
+        migrate_sqlite_study(folder, out)
     if not folder.exists(folder.OPTUNA):
         if isinstance(folder.filesystem, pafs.LocalFileSystem):
             raise UserError(f"resume=true: {shown} is missing: the sweep's Optuna study (the trials TPE learns from) "

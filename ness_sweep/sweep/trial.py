@@ -3,23 +3,19 @@ seed, reports after every task and checkpoints there."""
 
 from __future__ import annotations
 
-import posixpath
-import tempfile
-from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional
 
-import pyarrow.fs as pafs
 import ray
 import torch
 from omegaconf import DictConfig
 from ray import tune
 
 from ..benchmarks import check_stream, stream_settings
-from ..config import first_line
 from ..data import TaskStream
 from ..methods import make_trainer
 from ..metrics import FINAL, TEST, VALID, mean_std, on_split, seen_accuracy
 from ..trainer import global_rng_state, set_global_rng_state
+from .checkpoints import TrialFolder, load_checkpoint, report_with_checkpoint
 from .plan import stream_key, trial_run_config
 from .progress import EpochSender
 
@@ -59,8 +55,7 @@ class SeedTrainer:
 
 def task_history(runs: List[SeedTrainer]) -> List[Dict[str, Any]]:
     """Per finished task: ``acc_seen`` and ``valid_acc_seen`` with their accuracy rows (means over seeds), and the
-    method's diagnostics of the task (the first seed's).
-    Every report carries the whole history, so a run resumed elsewhere can be logged from task 1."""
+    method's diagnostics of the task (the first seed's)."""
     trainers = [run.trainer for run in runs]
     history = []
     for k in range(trainers[0].next_task):
@@ -83,13 +78,19 @@ def mean_matrix(matrices: List[List[List[Any]]]) -> List[List[Any]]:
 
 
 def task_metrics(runs: List[SeedTrainer]) -> Dict[str, Any]:
-    """What a trial reports after a task: means over seeds (and std with several); everything at the end, on
-    the test and the validation splits."""
+    """What a trial reports after a task: that task's entry of ``task_history`` (means over seeds, and std with
+    several) and the learning curves so far (``acc_seen_per_task``, ``valid_acc_seen_per_task``: a few numbers,
+    what the table, ASHA's record and the study need of a trial stopped early). The whole history, the matrices and
+    the diagnostics come once, in the last report: Tune writes every report to the trial's ``result.json`` and
+    keeps each trial's last one in its experiment state, so a payload repeated in every report costs every save."""
     history = task_history(runs)
-    metrics: Dict[str, Any] = {**history[-1], "history": history,
-                               "seconds": sum(run.trainer.seconds for run in runs)}
+    metrics: Dict[str, Any] = {**history[-1], "seconds": sum(run.trainer.seconds for run in runs)}
+    for split in (TEST, VALID):
+        seen = on_split("acc_seen", split)
+        metrics[f"{seen}_per_task"] = [entry[seen] for entry in history]
     if not runs[0].finished:
         return metrics
+    metrics["history"] = history
     finals = [run.trainer.result().to_dict() for run in runs]
     for split in (TEST, VALID):
         for key in (on_split(metric, split) for metric in FINAL):
@@ -103,50 +104,8 @@ def task_metrics(runs: List[SeedTrainer]) -> Dict[str, Any]:
     return metrics
 
 
-CHECKPOINT_FILE = "state.pt"
-
-
-def load_checkpoint(checkpoint: Optional[tune.Checkpoint]) -> Tuple[Optional[list], Optional[str]]:
-    """The states of the trial's newest readable checkpoint, and a note when an unreadable one was passed over.
-
-    Tune hands back the last checkpoint its experiment state recorded, which can lag behind what the trial
-    wrote before a crash; the newest one in the trial's folder is taken instead. Tune keeps the last two:
-    a truncated or garbled newest one falls back to the one before, and with none readable the trial starts
-    afresh. The note says which, for the results table.
-    """
-    if checkpoint is None:
-        return None, None
-    failures = []
-    for candidate in _trial_checkpoints(checkpoint):
-        label = posixpath.basename(candidate.path.rstrip("/"))
-        try:
-            with candidate.as_directory() as directory:
-                states = torch.load(Path(directory) / CHECKPOINT_FILE, weights_only=False)
-        except Exception as error:  # truncated, garbled or missing: unpickling fails in many ways
-            failures.append(f"{label} unreadable ({first_line(error)})")
-            continue
-        return states, ("; ".join(failures) + f"; continued from {label}") if failures else None
-    return None, "; ".join(failures) + "; started afresh"
-
-
-def _trial_checkpoints(checkpoint: tune.Checkpoint) -> List[tune.Checkpoint]:
-    """The trial's checkpoints (``checkpoint_NNNNNN`` beside the given one, which is always among them), the
-    highest number first. Numbers follow progress even after a restore from a lagging state: Tune numbers
-    the next checkpoints from the one it knew, and each holds a state at least as far as the one it replaces."""
-    fs, path = checkpoint.filesystem, checkpoint.path.rstrip("/")
-    parent = posixpath.dirname(path)
-    try:
-        entries = [e for e in fs.get_file_info(pafs.FileSelector(parent))
-                   if e.type == pafs.FileType.Directory and e.base_name.startswith("checkpoint_")]
-    except OSError:
-        entries = []
-    newest_first = sorted(entries, key=lambda e: e.base_name, reverse=True)
-    paths = [e.path for e in newest_first] + ([] if any(e.path == path for e in entries) else [path])
-    return [tune.Checkpoint(p, filesystem=fs) for p in paths]
-
-
 def run_trial(params: Dict[str, Any], streams: Dict[str, Any], settings: Dict[str, Any],
-              seeds: Optional[List[int]], progress: Optional[EpochSender] = None) -> None:
+              seeds: Optional[List[int]], experiment: TrialFolder, progress: Optional[EpochSender] = None) -> None:
     """One Tune trial: train through the stream of its own settings on each seed, report after every task.
 
     ``streams`` maps ``stream_key`` to an object-store reference of each stream the driver loaded; a trial
@@ -154,10 +113,12 @@ def run_trial(params: Dict[str, Any], streams: Dict[str, Any], settings: Dict[st
     Every report carries a checkpoint (weights, statistics, accuracy rows, RNG states), so a trial
     restarted after a failure, or resumed with the sweep, continues from its last finished task;
     ``started_at_task`` says where this attempt began. A trial restored after its last task (the driver
-    died before Tune recorded it as done) reports its result again and trains nothing.
+    died before Tune recorded it as done) reports its result again and trains nothing: from its states, or from
+    the report its checkpoint keeps once the driver removed them (``load_checkpoint``).
     A diverging loss (FloatingPointError) ends the trial with ``diverged``: a legitimate outcome of a
-    search over learning rates, not a failure worth retrying. ``progress`` posts each seed's newest epoch
-    to the driver's live progress (never through ``tune.report``).
+    search over learning rates, not a failure worth retrying. ``experiment``: where the trials' folders are (the
+    file system and path of the Tune experiment), for their checkpoints when Tune names none. ``progress`` posts
+    each seed's newest epoch to the driver's live progress (never through ``tune.report``).
     """
     cfg = trial_run_config(settings, params)
     torch.set_num_threads(cfg.threads)
@@ -170,11 +131,15 @@ def run_trial(params: Dict[str, Any], streams: Dict[str, Any], settings: Dict[st
         check_stream(stream, cfg, seed)
         poster = progress.poster(trial_id, seed if len(seeds) > 1 else None) if progress else None
         runs.append(SeedTrainer(cfg, seed, stream, on_epoch=poster))
-    states, recovery = load_checkpoint(tune.get_checkpoint())
-    for run, state in zip(runs, states or []):
+    filesystem, experiment_path = experiment  # the trials' folders: f"{experiment_path}/{trial_id}"
+    restored = load_checkpoint(tune.get_checkpoint(), (filesystem, f"{experiment_path}/{trial_id}"))
+    if restored.ended is not None:
+        tune.report(restored.ended)
+        return
+    for run, state in zip(runs, restored.states or []):
         run.load_state_dict(state)
     where = {"node_id": ray.get_runtime_context().get_node_id(), "seeds": [run.trainer.cfg.seed for run in runs],
-             "started_at_task": runs[0].trainer.next_task, "recovery": recovery}
+             "started_at_task": runs[0].trainer.next_task, "recovery": restored.recovery}
     if runs[0].finished:
         tune.report({**task_metrics(runs), **where})
         return
@@ -182,10 +147,7 @@ def run_trial(params: Dict[str, Any], streams: Dict[str, Any], settings: Dict[st
         try:
             for run in runs:
                 run.step()
-        except FloatingPointError as error:
-            tune.report({"task": runs[0].trainer.next_task, "diverged": True, "error": str(error), **where})
+        except FloatingPointError as error:  # its checkpoint holds the report alone: the trial has ended
+            report_with_checkpoint({"task": runs[0].trainer.next_task, "diverged": True, "error": str(error), **where})
             return
-        metrics = {**task_metrics(runs), **where}
-        with tempfile.TemporaryDirectory() as directory:
-            torch.save([run.state_dict() for run in runs], Path(directory) / CHECKPOINT_FILE)
-            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))
+        report_with_checkpoint({**task_metrics(runs), **where}, runs)

@@ -28,20 +28,22 @@ from ..environment import TUNE_SETTINGS
 from ..results import Stage
 from . import dashboards
 from .callbacks import FailedWrites, ProgressLines, ResultsTable
+from .checkpoints import Checkpoints
 from .code import check_models_fit, shipped_modules
-from .confirm import CONFIRM_DIR, FixedConfigs, confirmation_configs, search_complete
+from .confirm import CONFIRM_DIR, FixedConfigs, confirmation_configs, nothing_left, search_complete
 from .lock import claimed
 from .plan import SweepPlan, machine_cpus, stream_key, stream_variants, trial_run_config, write_plan
 from .preview import trials_at_once
 from .progress import EpochSender, LiveProgress, epoch_sender
 from .study import STORAGE_ERRORS, PerMethodSearch, StudySearch, check_resumable_study, storage_failure
 from .trial import run_trial
+from .tune_internals import replace_run_settings
 
 
-def make_searcher(plan: SweepPlan, database: Optional[str] = None, failed_writes: Optional[FailedWrites] = None):
+def make_searcher(plan: SweepPlan, journal: Optional[str] = None, failed_writes: Optional[FailedWrites] = None):
     """Optuna's TPE over the space, seeded by sweep.seed: the same command proposes the same configurations
     when trials run one at a time (with several at once, the order they end in may differ). The study, named
-    after the sweep, lives in the SQLite file ``database`` (``optuna.db``); None: in memory. A space searching
+    after the sweep, lives in the journal file ``journal`` (``optuna.journal``); None: in memory. A space searching
     ``method`` gets one study per method, ``SWEEP/METHOD`` (``PerMethodSearch``). A write of the study that
     fails goes to ``failed_writes`` once Tune runs."""
     if not plan.by_method:
@@ -49,11 +51,11 @@ def make_searcher(plan: SweepPlan, database: Optional[str] = None, failed_writes
     else:
         methods = [str(method) for method in plan.space.search["method"].values]
         searcher = PerMethodSearch(plan, {m: StudySearch(plan, plan.method_space(m), m) for m in methods})
-    searcher.attach(plan, database, failed_writes)
+    searcher.attach(plan, journal, failed_writes)
     try:
-        searcher.open()  # optuna.db exists from the start
+        searcher.open()  # optuna.journal exists from the start
     except STORAGE_ERRORS as error:  # before Tune runs: the sweep stops at once
-        raise storage_failure(database, error) from None
+        raise storage_failure(journal, error) from None
     return searcher
 
 
@@ -132,7 +134,7 @@ class SweepOutcome:
     table: pa.Table
     sweep_dir: str
     seconds: float
-    concurrency: int
+    concurrency: int  # trials at once; 0: a resume found nothing left to run
 
 
 def run_sweep(plan: SweepPlan, out: Callable[[str], None] = print,
@@ -147,6 +149,11 @@ def run_sweep(plan: SweepPlan, out: Callable[[str], None] = print,
     started = time.perf_counter()
     if plan.cfg.resume:
         check_resumable_study(plan, out)  # before Ray starts: a study that cannot be continued is refused
+        if plan.folder.exists(plan.folder.TABLE) and nothing_left(plan, results.read_table(plan.sweep_dir)):
+            held.enter_context(claimed(plan, out))
+            table = results.fold_rows(plan.sweep_dir)
+            out(f"sweep {plan.name}: nothing left to run, all {table.num_rows} trials ended; Ray not started")
+            return SweepOutcome(table, plan.sweep_dir, time.perf_counter() - started, 0)
     if plan.cfg.wandb.mode != "disabled":
         threading.Thread(target=_import_wandb, daemon=True).start()  # ~1 s, overlapping Ray's start
     streams = load_streams(plan)
@@ -196,7 +203,7 @@ class StageRun:
         plan = self.plan
         callbacks = [ProgressLines(plan, self.num_tasks, self.out, total),
                      LiveProgress(plan, self.num_tasks, self.parallel, self.out, self.sender, total),
-                     ResultsTable(plan, stage, self.failed_writes),
+                     ResultsTable(plan, stage, self.failed_writes), Checkpoints(plan),
                      JsonLoggerCallback()]  # Tune's result.json: Ray's readers work
         if plan.cfg.wandb.mode != "disabled":
             callbacks.append(dashboards.WandbRuns(plan, self.wandb_dir))  # after ResultsTable: reads its table
@@ -233,13 +240,14 @@ def _confirm(plan: SweepPlan, stage: StageRun) -> None:
               f"{', '.join(map(str, plan.confirm_seeds))}: {len(configs)} trials")
     folder, trial = plan.folder, plan.cfg.trial
     trainable = tune.with_resources(
-        tune.with_parameters(run_trial, streams=refs, settings=plan.run_settings(), seeds=None, progress=stage.sender),
+        tune.with_parameters(run_trial, streams=refs, settings=plan.run_settings(), seeds=None,
+                             experiment=(folder.filesystem, folder.path(CONFIRM_DIR)), progress=stage.sender),
         {"cpu": trial.cpu, "gpu": trial.gpu})
     callbacks = stage.callbacks(Stage.CONFIRM, len(configs))
     path = folder.path(CONFIRM_DIR)
     if tune.Tuner.can_restore(path, storage_filesystem=folder.filesystem):
         tuner = tune.Tuner.restore(path, trainable, resume_errored=True, storage_filesystem=folder.filesystem)
-        _replace_run_settings(tuner, callbacks, tune.FailureConfig(max_failures=trial.max_failures), stage.parallel)
+        replace_run_settings(tuner, callbacks, tune.FailureConfig(max_failures=trial.max_failures), stage.parallel)
     else:
         tuner = tune.Tuner(
             trainable,
@@ -248,8 +256,7 @@ def _confirm(plan: SweepPlan, stage: StageRun) -> None:
                                         trial_dirname_creator=_trial_dirname),
             run_config=tune.RunConfig(
                 name=CONFIRM_DIR, storage_path=folder.path(), storage_filesystem=folder.filesystem, verbose=0,
-                callbacks=callbacks, failure_config=tune.FailureConfig(max_failures=trial.max_failures),
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=2)))
+                callbacks=callbacks, failure_config=tune.FailureConfig(max_failures=trial.max_failures)))
     stage.fit(tuner)
 
 
@@ -282,14 +289,14 @@ def _tuner(plan: SweepPlan, streams: Dict[str, Any], num_tasks: int, parallel: i
     fs, root = folder.filesystem, folder.path().rpartition("/")[0]
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, streams=streams, settings=plan.run_settings(), seeds=plan.seeds,
-                             progress=sender),
+                             experiment=(fs, folder.path()), progress=sender),
         {"cpu": trial.cpu, "gpu": trial.gpu})
     failures = tune.FailureConfig(max_failures=trial.max_failures)
     if plan.cfg.resume:
         tuner = tune.Tuner.restore(folder.path(), trainable, resume_errored=True, storage_filesystem=fs)
-        search = _replace_run_settings(tuner, callbacks, failures, parallel)
+        search = replace_run_settings(tuner, callbacks, failures, parallel)
         if search is not None:
-            search.attach(plan, study_file, failed_writes)  # this run's copy of optuna.db
+            search.attach(plan, study_file, failed_writes)  # this run's copy of optuna.journal
         return tuner
     return tune.Tuner(
         trainable,
@@ -299,19 +306,7 @@ def _tuner(plan: SweepPlan, streams: Dict[str, Any], num_tasks: int, parallel: i
                                     trial_dirname_creator=_trial_dirname),
         run_config=tune.RunConfig(
             name=plan.name, storage_path=root, storage_filesystem=fs, verbose=0, callbacks=callbacks,
-            failure_config=failures, checkpoint_config=tune.CheckpointConfig(num_to_keep=2)))
-
-
-def _replace_run_settings(tuner: tune.Tuner, callbacks, failures: tune.FailureConfig, parallel: int):
-    """Tune restores the callbacks and limits pickled when the experiment started; this run's own (a new W&B
-    folder, the settings a resume may change) replace them. Returns the restored search algorithm."""
-    internal = tuner._local_tuner
-    if internal is None:
-        return None
-    internal.get_run_config().callbacks = callbacks
-    internal.get_run_config().failure_config = failures
-    internal._tune_config.max_concurrent_trials = parallel
-    return internal._tune_config.search_alg
+            failure_config=failures))
 
 
 def _trial_dirname(trial) -> str:

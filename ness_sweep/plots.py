@@ -17,12 +17,16 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import plotly.graph_objects as go
 import pyarrow as pa
 
-from . import report, results, selection
-from .metrics import TEST, on_split
+from . import leaderboard, results, selection
+from .metrics import NATURAL_MODE, TEST, on_split
+from .optuna_journal import TPE_STARTUP_TRIALS, quiet_optuna
 from .results import Stage, Status, SweepFolder
+from .selection import HEADLINE_METRICS
 
 STUDY_FILE = SweepFolder.OPTUNA
-FRONT_METRICS, FRONT_MODES = ("acc", "bwt"), ("max", "max")  # the trade-off every NESS sweep is judged on
+# the trade-off every continual-learning sweep is judged on: the headline's two numbers, each its natural way
+FRONT_METRICS = HEADLINE_METRICS
+FRONT_MODES = tuple(NATURAL_MODE[metric] for metric in FRONT_METRICS)
 SCALES = {"loguniform": "log axis (sampled log-uniformly)", "uniform": "sampled uniformly", "int": "integers",
           "choice": "one category per choice"}
 STATUS_COLOUR = {Status.TERMINATED: "#1f77b4", Status.STOPPED: "#ff7f0e", Status.DIVERGED: "#d62728",
@@ -31,8 +35,8 @@ STATUS_SYMBOL = {Status.TERMINATED: "circle", Status.STOPPED: "x", Status.DIVERG
                  Status.ERROR: "square"}
 OTHER_COLOUR, OTHER_SYMBOL = "#bcbd22", "diamond"  # a trial that has not ended (running, paused, unfinished)
 # Complete trials below which the importances carry a caution: a random forest over a few points fits noise.
-# Chosen, not measured: twice Optuna's 10 random start-up trials, the least a sweep that let TPE act has.
-MIN_IMPORTANCE_TRIALS = 20
+# Chosen, not measured: twice TPE's random start-up trials, the least a sweep that let TPE act has.
+MIN_IMPORTANCE_TRIALS = 2 * TPE_STARTUP_TRIALS
 # fANOVA's time grows like n^1.6 to n^1.9 in the complete trials n (measured on synthetic studies of 3 parameters, CPU
 # seconds: 250: 4, 500: 13, 1000: 49, 2000: 141), so importances rest on at most this many: a uniform random
 # sample, seeded (the same study draws the same page), which keeps fANOVA's estimate unbiased where the best
@@ -83,7 +87,7 @@ def ordered_statuses(rows: Sequence[Dict[str, Any]]) -> List[str]:
 
 def status_name(status: str) -> str:
     """'STOPPED (stopped early by the scheduler)': a status as a legend and the counts name it."""
-    return f"{status} ({report.STATUS_MEANING.get(status, 'not ended')})"
+    return f"{status} ({leaderboard.STATUS_MEANING.get(status, 'not ended')})"
 
 
 def _label(value: Any) -> str:
@@ -127,7 +131,7 @@ def acc_bwt_section(rows: List[Dict[str, Any]], searched: Sequence[str]) -> Sect
     done = [r for r in finished_rows(rows) if _number(r.get("bwt"))]
     if not done:
         return Section("acc_bwt", title, caption, note="No finished trial has both ACC and BWT yet.")
-    front = results.pareto_front(done, list(FRONT_METRICS), list(FRONT_MODES))
+    front = selection.pareto_front(done, list(FRONT_METRICS), list(FRONT_MODES))
     figure = _figure(title, "BWT (points)", "ACC (%)")
     figure.add_trace(go.Scatter(x=[r["bwt"] for r in done], y=[r["acc"] for r in done], mode="markers",
                                 name="finished trials", text=[_hover(r, searched) for r in done],
@@ -293,7 +297,7 @@ def study_of(trials: Sequence[Any], directions: Sequence[Any]) -> Any:
     creates."""
     import optuna
 
-    with report.quiet_optuna():
+    with quiet_optuna():
         study = optuna.create_study(directions=directions)
     study.add_trials(trials)
     return study
@@ -334,6 +338,22 @@ def _heatmap_height(n: int) -> int:
     return max(350, 140 + 32 * n)
 
 
+def acc_matrix_figure(acc_matrix: Sequence[Sequence[Optional[float]]], title: str) -> go.Figure:
+    """R[i][j] as a heatmap on a fixed 0-100 colour scale, each cell labelled: the report's section and each
+    trial's W&B summary show this one figure."""
+    matrix = [list(row) for row in acc_matrix]
+    tasks = list(range(1, len(matrix) + 1))
+    figure = _figure(title, "evaluated on task j", "after training task i", _heatmap_height(len(matrix)))
+    figure.add_trace(go.Heatmap(z=matrix, x=tasks, y=tasks, colorscale="Viridis", zmin=0, zmax=100,
+                                texttemplate="%{text}",
+                                text=[["" if v is None else f"{v:.1f}" for v in row] for row in matrix],
+                                hovertemplate="after task %{y}, on task %{x}: %{z:.2f}%<extra></extra>",
+                                colorbar={"title": "acc %"}))
+    figure.update_xaxes(dtick=1)
+    figure.update_yaxes(dtick=1, autorange="reversed")
+    return figure
+
+
 def acc_matrix_section(best: Optional[Dict[str, Any]]) -> Section:
     """R[i][j] of the best trial: where forgetting happened (a column fading downwards) and which tasks were hard."""
     title = "Accuracy matrix of the best trial"
@@ -342,17 +362,7 @@ def acc_matrix_section(best: Optional[Dict[str, Any]]) -> Section:
                "report, so two sweeps' matrices compare by eye.")
     if best is None or not best.get("acc_matrix"):
         return Section("acc_matrix", title, caption, note="No finished trial yet: no best trial.")
-    matrix = [list(row) for row in best["acc_matrix"]]
-    tasks = list(range(1, len(matrix) + 1))
-    figure = _figure(f"{title} ({best['trial_id']})", "evaluated on task j", "after training task i",
-                     _heatmap_height(len(matrix)))
-    figure.add_trace(go.Heatmap(z=matrix, x=tasks, y=tasks, colorscale="Viridis", zmin=0, zmax=100,
-                                texttemplate="%{text}",
-                                text=[["" if v is None else f"{v:.1f}" for v in row] for row in matrix],
-                                hovertemplate="after task %{y}, on task %{x}: %{z:.2f}%<extra></extra>",
-                                colorbar={"title": "acc %"}))
-    figure.update_xaxes(dtick=1)
-    figure.update_yaxes(dtick=1, autorange="reversed")
+    figure = acc_matrix_figure(best["acc_matrix"], f"{title} ({best['trial_id']})")
     return Section("acc_matrix", f"{title} ({best['trial_id']})", caption, figure)
 
 
@@ -389,11 +399,11 @@ def diagnostics_section(best: Optional[Dict[str, Any]]) -> Section:
 
 
 def leaderboard_section(table: pa.Table) -> Section:
-    """The best trials (``report.leaderboard_table``: the console's columns, mean ± std over a trial's seeds), each
+    """The best trials (``leaderboard.leaderboard_table``: the console's columns, mean ± std over a trial's seeds), each
     with the command that reruns it, to copy."""
     meta = results.sweep_metadata(table)
-    rows = report.search_rows([table], [meta["sweep"]])
-    best = report.best_search_rows(rows, meta["metrics"], meta["modes"])
+    rows = leaderboard.search_rows([table], [meta["sweep"]])
+    best = selection.leaderboard_order(rows, meta["metrics"], meta["modes"])
     multi = len(meta["metrics"]) > 1
     shown = best if multi else best[:LEADERBOARD_ROWS]
     objectives = ", ".join(f"{m} ({mode})" for m, mode in zip(meta["metrics"], meta["modes"]))
@@ -403,8 +413,8 @@ def leaderboard_section(table: pa.Table) -> Section:
                "rerun command trains the row's settings and gives its numbers; click it to select it whole.")
     if not shown:
         return Section("leaderboard", "Leaderboard", caption, note="No trial has finished yet.")
-    header, cells = report.leaderboard_table([table], shown)
-    commands = [Command(report.train_command(row, table)) for row in shown]
+    header, cells = leaderboard.leaderboard_table([table], shown)
+    commands = [Command(leaderboard.train_command(row, table)) for row in shown]
     return Section("leaderboard", "Leaderboard", caption,
                    table=([*header, "rerun command"], [[*line, command] for line, command in zip(cells, commands)]))
 
@@ -416,10 +426,10 @@ def build_sections(table: pa.Table, plan_record: Optional[Dict[str, Any]], study
     """Every section of the page, in reading order; ``study_missing`` says why ``study`` is None."""
     meta = results.sweep_metadata(table)
     everything = table.to_pylist()
-    rows = results.stage_rows(everything, Stage.SEARCH)  # the search's trials; the confirmation has its sections
+    rows = selection.stage_rows(everything, Stage.SEARCH)  # the search's trials; the confirmation has its sections
     searched = [key for key in meta["searched"] if key in table.column_names]
     kinds = distributions(plan_record)
-    best, _ = report.chosen(table)  # the leaderboard's choice, one definition for the console and the page
+    best, _ = leaderboard.chosen(table)  # the leaderboard's choice, one definition for the console and the page
     if meta.get("by_method"):
         study, study_missing = None, (f"One Optuna study per method (SWEEP/METHOD in {STUDY_FILE}): their "
                                       "importances are in optuna-dashboard, one study at a time.")
@@ -443,13 +453,13 @@ def selection_sections(rows: List[Dict[str, Any]], meta: Dict[str, Any]) -> List
                         f"The search's best configurations by {objective} rerun on seeds no search trial used; "
                         "the first row is the winner (the best confirmed validation mean). 'search' is the "
                         "trial's own number, 'confirmed' the mean ± std of its reruns: their difference is the "
-                        "selection's optimism.", table=report.confirmation_table(rows, meta))]
+                        "selection's optimism.", table=leaderboard.confirmation_table(rows, meta))]
     if not meta.get("by_method"):
         return sections
     lines = selection.per_method(rows, metrics, modes)
     figure = _figure("Methods: confirmed ACC against BWT", "BWT (%), confirmed", "ACC (%), confirmed")
     for line in lines:
-        acc, bwt = (line.confirmed.mean_std(m) if line.confirmed else None for m in ("acc", "bwt"))
+        acc, bwt = (line.confirmed.mean_std(m) if line.confirmed else None for m in HEADLINE_METRICS)
         if acc and bwt:
             figure.add_trace(go.Scatter(x=[bwt[0]], y=[acc[0]], mode="markers+text", name=str(line.method),
                                         text=[str(line.method)], textposition="top center",
@@ -461,7 +471,7 @@ def selection_sections(rows: List[Dict[str, Any]], meta: Dict[str, Any]) -> List
                             "seeds: confirmed test ACC and BWT, mean ± std (the bars) over those seeds.",
                             figure if figure.data else None,
                             note="" if figure.data else "No method's confirmation finished.",
-                            table=report.method_table(rows, metrics, modes)))
+                            table=leaderboard.method_table(rows, metrics, modes)))
     return sections
 
 

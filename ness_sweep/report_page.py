@@ -10,12 +10,8 @@ through the folder's file system, so a URI folder works as a local one does.
 
 from __future__ import annotations
 
-import contextlib
 import html
-import os
-import shutil
-import tempfile
-from typing import Any, Dict, Iterator, Optional, Sequence, Tuple
+from typing import Any, Dict, Optional, Sequence
 
 import plotly.io as pio
 import pyarrow as pa
@@ -23,10 +19,10 @@ import pyarrow.fs as pafs
 from omegaconf import OmegaConf
 from plotly.offline import get_plotlyjs, get_plotlyjs_version
 
-from . import report, results
-from .config import first_line
+from . import leaderboard, report, results, selection
 from .metrics import TEST
-from .plots import STUDY_FILE, Command, Section, build_sections, finished_rows, ordered_statuses, status_name
+from .optuna_journal import opened_study
+from .plots import Command, Section, build_sections, finished_rows, ordered_statuses, status_name
 from .results import Stage, SweepFolder
 
 PLOTLY_JS = f"plotly-{get_plotlyjs_version()}.min.js"  # beside report.html
@@ -50,8 +46,8 @@ def render_html(table: pa.Table, sections: Sequence[Section]) -> str:
     the figures drawn by the plotly library beside the page."""
     meta = results.sweep_metadata(table)
     everything = table.to_pylist()
-    rows = results.stage_rows(everything, Stage.SEARCH)
-    reruns = results.stage_rows(everything, Stage.CONFIRM)
+    rows = selection.stage_rows(everything, Stage.SEARCH)
+    reruns = selection.stage_rows(everything, Stage.CONFIRM)
     objectives = ", ".join(f"{m} ({mode})" for m, mode in zip(meta["metrics"], meta["modes"]))
     on_test = meta.get("selected_on") == TEST
     head = [f"<h1>Sweep {html.escape(meta['sweep'])}</h1>",
@@ -62,10 +58,10 @@ def render_html(table: pa.Table, sections: Sequence[Section]) -> str:
             f"{'; ' + str(len(reruns)) + ' confirmation runs' if reruns else ''}.</p>"]
     if on_test:
         head.append("<p class='note'>Selected on test: the best of many noisy test numbers is optimistic.</p>")
-    _, confirmed = report.chosen(table)
+    _, confirmed = leaderboard.chosen(table)
     if confirmed is not None:
         head.append("<p class='headline'><b>Headline</b>, confirmed on fresh seeds: "
-                    f"{html.escape(report.headline(confirmed))}.</p>")
+                    f"{html.escape(leaderboard.headline(confirmed))}.</p>")
     elif finished_rows(rows):
         head.append("<p class='note'>Not confirmed on fresh seeds: the best row's numbers are the search's own, "
                     "the best of noisy draws.</p>")
@@ -110,34 +106,6 @@ def read_plan(fs: pafs.FileSystem, root: str) -> Optional[Dict[str, Any]]:
         return None
     with fs.open_input_stream(path) as stream:
         return OmegaConf.to_container(OmegaConf.create(stream.read().decode()))
-
-
-@contextlib.contextmanager
-def opened_study(fs: pafs.FileSystem, root: str, name: str) -> Iterator[Tuple[Any, str]]:
-    """(study, '') from a private copy of the sweep's journal, or (None, why not). A copy: the report never writes
-    into the sweep folder (Optuna creates a journal it opens when missing, and its lock file beside the journal
-    it writes: both happen in the copy's temporary folder), and it works for a URI folder too. The journal is only
-    ever appended to, so a copy of a running sweep's is an earlier state of it, at worst with an incomplete last
-    line, which Optuna reads past."""
-    path = f"{root}/{STUDY_FILE}"
-    if not results.exists(fs, path):
-        yield None, f"No {STUDY_FILE} in the sweep folder: importances need the sweep's Optuna study."
-        return
-    import optuna
-
-    with tempfile.TemporaryDirectory(prefix="ness_sweep_report_") as scratch:
-        local = os.path.join(scratch, STUDY_FILE)
-        try:
-            with fs.open_input_stream(path) as source, open(local, "wb") as copy:
-                shutil.copyfileobj(source, copy)
-            storage = report.journal_storage(local)
-            names = optuna.get_all_study_names(storage)
-            if name not in names:
-                raise KeyError(f"no study named {name!r} (it holds: {', '.join(names) or 'none'})")
-            found, why = optuna.load_study(study_name=name, storage=storage), ""
-        except Exception as error:  # the file system's, json's and Optuna's own types
-            found, why = None, f"{STUDY_FILE} is unreadable: {first_line(error)}"
-        yield found, why
 
 
 def write_plotly_js(fs: pafs.FileSystem, root: str) -> None:

@@ -1,4 +1,5 @@
-"""A sweep's folder and its results table: one Parquet row per trial, trial statuses, the Pareto front.
+"""A sweep's folder and its results table: one Parquet row per trial, its schema and trial statuses, written a
+row file per ended trial and folded into the table (``read_table`` merges both). Ranking rows is ``selection``'s.
 
 The table is the record of a sweep: ``ness_sweep.report`` rebuilds the leaderboard, the Pareto front and
 the command that reruns any trial from it alone. Its schema is explicit: fixed columns below, one column
@@ -10,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import os
 import tempfile
 import time
@@ -294,43 +294,3 @@ def _with_rows(fs: pafs.FileSystem, table: pa.Table, row_files: Sequence[str]) -
 def row_key(row: Dict[str, Any]) -> Tuple[str, str]:
     """What identifies a row: its stage (two Tune experiments, each naming its own trials) and its trial."""
     return row.get("stage") or Stage.SEARCH, row["trial_id"]
-
-
-# ---- ranking ---------------------------------------------------------------------------------
-
-def _has_metrics(row: Dict[str, Any], metrics: Sequence[str]) -> bool:
-    return all(row.get(m) is not None and math.isfinite(row[m]) for m in metrics)
-
-
-def _dominates(a: Dict[str, Any], b: Dict[str, Any], metrics: Sequence[str], modes: Sequence[str]) -> bool:
-    """a is at least as good as b on every objective and better on one."""
-    sign = [1 if mode == "max" else -1 for mode in modes]
-    better_or_equal = all(s * a[m] >= s * b[m] for m, s in zip(metrics, sign))
-    return better_or_equal and any(s * a[m] > s * b[m] for m, s in zip(metrics, sign))
-
-
-def pareto_front(rows: List[Dict[str, Any]], metrics: Sequence[str], modes: Sequence[str]) -> List[Dict[str, Any]]:
-    """Finished rows no other finished row dominates, best first by the first objective."""
-    done = [r for r in rows if _has_metrics(r, metrics)]
-    front = [r for r in done if not any(_dominates(o, r, metrics, modes) for o in done)]
-    return sorted(front, key=lambda r: -r[metrics[0]] if modes[0] == "max" else r[metrics[0]])
-
-
-def ranked(rows: List[Dict[str, Any]], metric: str, mode: str) -> List[Dict[str, Any]]:
-    """Finished rows, best first."""
-    done = [r for r in rows if _has_metrics(r, [metric])]
-    return sorted(done, key=lambda r: -r[metric] if mode == "max" else r[metric])
-
-
-def stage_rows(rows: Sequence[Dict[str, Any]], stage: str) -> List[Dict[str, Any]]:
-    """The rows of one stage (a table written before stages existed holds search rows only)."""
-    return [row for row in rows if (row.get("stage") or Stage.SEARCH) == stage]
-
-
-def best_rows(table: pa.Table) -> List[Dict[str, Any]]:
-    """The leaderboard's rows, of the search: ranked by the metric, or the Pareto front for several objectives."""
-    meta = sweep_metadata(table)
-    rows = stage_rows(table.to_pylist(), Stage.SEARCH)
-    if len(meta["metrics"]) > 1:
-        return pareto_front(rows, meta["metrics"], meta["modes"])
-    return ranked(rows, meta["metrics"][0], meta["modes"][0])

@@ -13,9 +13,43 @@ from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence
 
 from .metrics import mean_std
-from .results import Stage, Status, pareto_front, ranked, stage_rows
+from .results import Stage, Status
 
 Row = Dict[str, Any]
+
+
+def _has_metrics(row: Row, metrics: Sequence[str]) -> bool:
+    return all(row.get(m) is not None and math.isfinite(row[m]) for m in metrics)
+
+
+def _dominates(a: Row, b: Row, metrics: Sequence[str], modes: Sequence[str]) -> bool:
+    """a is at least as good as b on every objective and better on one."""
+    sign = [1 if mode == "max" else -1 for mode in modes]
+    better_or_equal = all(s * a[m] >= s * b[m] for m, s in zip(metrics, sign))
+    return better_or_equal and any(s * a[m] > s * b[m] for m, s in zip(metrics, sign))
+
+
+def pareto_front(rows: List[Row], metrics: Sequence[str], modes: Sequence[str]) -> List[Row]:
+    """Finished rows no other finished row dominates, best first by the first objective."""
+    done = [r for r in rows if _has_metrics(r, metrics)]
+    front = [r for r in done if not any(_dominates(o, r, metrics, modes) for o in done)]
+    return sorted(front, key=lambda r: -r[metrics[0]] if modes[0] == "max" else r[metrics[0]])
+
+
+def ranked(rows: List[Row], metric: str, mode: str) -> List[Row]:
+    """Finished rows, best first."""
+    done = [r for r in rows if _has_metrics(r, [metric])]
+    return sorted(done, key=lambda r: -r[metric] if mode == "max" else r[metric])
+
+
+def stage_rows(rows: Sequence[Row], stage: str) -> List[Row]:
+    """The rows of one stage (a table written before stages existed holds search rows only)."""
+    return [row for row in rows if (row.get("stage") or Stage.SEARCH) == stage]
+
+
+def leaderboard_order(rows: List[Row], metrics: Sequence[str], modes: Sequence[str]) -> List[Row]:
+    """The leaderboard's order: finished rows by the objective, or the Pareto front for several objectives."""
+    return pareto_front(rows, metrics, modes) if len(metrics) > 1 else ranked(rows, metrics[0], modes[0])
 
 
 def fresh_seeds(used: Sequence[int], count: int) -> List[int]:

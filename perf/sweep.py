@@ -51,7 +51,7 @@ import torch  # noqa: E402
 from ness_sweep.benchmarks import stream_for  # noqa: E402
 from ness_sweep.methods import make_trainer  # noqa: E402
 from ness_sweep.results import Status, SweepFolder, read_table  # noqa: E402
-from ness_sweep.sweep import dashboards, plan as planning, tuner  # noqa: E402
+from ness_sweep.sweep import dashboards, plan as planning, preflight, tuner  # noqa: E402
 
 
 def timed_sweep(args, output_dir, name, out=lambda line: None):
@@ -310,7 +310,7 @@ def scale(args, trials: int) -> None:
     start, ends = trial_times(rows)
     print(f"{trials} trials of {plan.space.source} ({plan.cfg.benchmark}, train.epochs={plan.cfg.train.epochs}, "
           f"FIFO, no confirmation), {run['concurrency']} at a time with trial.cpu={plan.cfg.trial.cpu}, on "
-          f"{planning.machine_cpus()} CPUs, W&B {plan.cfg.wandb.mode}, torch {torch.__version__}; sweep wall time "
+          f"{preflight.machine_cpus()} CPUs, W&B {plan.cfg.wandb.mode}, torch {torch.__version__}; sweep wall time "
           f"{run['wall']:.1f} s, mean trial compute {run['compute'] / len(rows):.2f} s; {len(ends)} of {len(rows)} "
           f"trials ended; the run is the first trial's start to the last trial's end ({ends[-1] - start:.1f} s)")
     print()
@@ -394,7 +394,8 @@ def main(argv):
         progress(f"two plain processes: {pair_seconds:.1f} s")
     same = sum(abs(a - r["acc"]) < 1e-9 for a, r in zip(accs, rows))
     print(f"{trials} trials of {plan.space.source} ({plan.cfg.benchmark}, train.epochs={plan.cfg.train.epochs}, FIFO), "
-          f"{offline['concurrency']} at a time with trial.cpu={plan.cfg.trial.cpu}, on {planning.machine_cpus()} CPUs, "
+          f"{offline['concurrency']} at a time with trial.cpu={plan.cfg.trial.cpu}, "
+          f"on {preflight.machine_cpus()} CPUs, "
           f"torch {torch.__version__}; mean trial compute {offline['compute'] / trials:.2f} s in the sweep; "
           f"loop ACC equal to the sweep's for {same}/{trials} trials (the loop uses {torch.get_num_threads()} threads)")
     print()

@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 from test_optuna_study import assert_study_matches_table
 
 import ness_sweep
-from ness_sweep import report, results
+from ness_sweep import leaderboard, results
 from ness_sweep.sweep import checkpoints, dashboards
 
 
@@ -169,7 +169,10 @@ def test_a_killed_driver_resumes_without_rerunning_finished_trials(tmp_path):
     sweep_dir = tmp_path / "crash"
     results_file = sweep_dir / "results.parquet"
     args = [f"space={space}", "sweep.name=crash", f"output_dir={tmp_path}"]  # W&B offline
-    marked = {**environment(), "NESS_SWEEP_TEST_RUN": str(tmp_path)}  # Ray's processes inherit it
+    # Ray's processes inherit the marker. Tune saves its experiment state at most every 10 s by default: saved
+    # every half second here, the trial running when the driver is killed is one the saved state knows (what the
+    # test needs) also on a machine where a whole trial takes less than 10 s.
+    marked = {**environment(), "NESS_SWEEP_TEST_RUN": str(tmp_path), "TUNE_GLOBAL_CHECKPOINT_S": "0.5"}
     process = subprocess.Popen(sweep_command(*args), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                env=marked, start_new_session=True)
 
@@ -211,7 +214,7 @@ def test_a_killed_driver_resumes_without_rerunning_finished_trials(tmp_path):
 
     table = pq.read_table(results_file)
     for row in rows:  # every row, resumed or not, reruns to its numbers (its command's arguments, in this process)
-        line = report.train_command(row, table)
+        line = leaderboard.train_command(row, table)
         assert ness_sweep.train(*shlex.split(line)[3:], out=None).acc == row["acc"], line
 
     runs = sorted((sweep_dir / "wandb").glob("offline-run-*"))

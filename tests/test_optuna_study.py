@@ -14,9 +14,9 @@ import optuna
 import pyarrow.parquet as pq
 import pytest
 
-from ness_sweep import report, run
+from ness_sweep import leaderboard, run
 from ness_sweep.sweep import plan as planning, tuner
-from ness_sweep.sweep.study import RERUN_COMMAND, TUNE_TRIAL_ID, check_resumable_study
+from ness_sweep.sweep.study import RERUN_COMMAND, TUNE_TRIAL_ID, check_resumable_study, settle_study
 
 SEARCHED = ("ness.threshold", "train.lr")  # space=smoke
 
@@ -75,14 +75,23 @@ def test_importances_come_from_the_study_on_disk(asha_sweep):
     assert sum(importances.values()) == pytest.approx(1.0)
 
 
-def test_a_resume_keeps_writing_the_same_study(asha_sweep, tmp_path):
-    """Resuming the finished sweep from a moved folder: Tune restores the searcher from its pickles; the study
-    stays in the moved folder's optuna.journal, unchanged and still equal to the table."""
+def test_a_resume_with_nothing_left_keeps_the_study_and_table_and_starts_no_ray(asha_sweep, tmp_path, monkeypatch):
+    """Resuming the finished sweep from a moved folder: every trial ended, so neither Ray nor Tune starts (one line
+    says so); the study stays in the moved folder's optuna.journal, unchanged and still equal to the table."""
     moved = tmp_path / "asha"
     shutil.copytree(asha_sweep, moved)
     before = [(t.number, t.state, t.values, t.intermediate_values) for t in study_of(moved).trials]
+    table_before = pq.read_table(moved / "results.parquet")
+
+    def no_ray(*args, **kwargs):
+        raise AssertionError("a resume with nothing left to run started Ray")
+
+    monkeypatch.setattr(tuner, "connect_ray", no_ray)
     plan = planning.build_plan(["resume=true", "sweep.name=asha", f"output_dir={tmp_path}", "wandb.mode=disabled"])
-    tuner.run_sweep(plan, out=lambda line: None)
+    printed = []
+    outcome = tuner.run_sweep(plan, out=printed.append)
+    assert printed == ["sweep asha: nothing left to run, all 6 trials ended; Ray not started"]
+    assert outcome.concurrency == 0 and outcome.table.equals(table_before)
     assert [(t.number, t.state, t.values, t.intermediate_values) for t in study_of(moved).trials] == before
     assert_study_matches_table(moved)
 
@@ -111,7 +120,7 @@ def test_each_study_trial_holds_the_line_that_reruns_its_row(asha_sweep):
     rows = table.to_pylist()
     assert set(commands) == {row["trial_id"] for row in rows}
     for row in rows:
-        assert commands[row["trial_id"]] == report.train_command(row, table)
+        assert commands[row["trial_id"]] == leaderboard.train_command(row, table)
         assert f"train.lr={row['train.lr']!r}" in commands[row["trial_id"]].split()
 
 
@@ -278,6 +287,36 @@ def test_a_failed_trial_that_a_resume_finishes_counts_as_complete(tmp_path):
            [("FAIL", None, "t0"), ("COMPLETE", 70.0, "t0")]
     assert study.trials[0].params == study.trials[1].params
     assert study.trials[1].intermediate_values == {1: 72.0, 2: 71.0}
+
+
+def test_finished_rows_the_study_missed_are_recorded_from_the_table_after_the_search(tmp_path):
+    """The table is the record: a row that finished while the study did not hear of it (t1 still running in the
+    study, t2 failed there) becomes COMPLETE with the row's valid_acc, t2 with its params, attributes and curve;
+    t0, complete already, and t3, stopped, stay as they were; one line per repaired trial."""
+    plan = plan_for(tmp_path)
+    journal_file = str(tmp_path / "optuna.journal")
+    searcher = tuner.make_searcher(plan, journal_file)
+    for i in range(4):
+        searcher.suggest(f"t{i}")
+    finish(searcher, "t0", 60.0)
+    searcher.on_trial_result("t2", {"task": 1, "valid_acc_seen_per_task": [55.0]})
+    searcher.on_trial_complete("t2", error=True)
+    searcher.on_trial_complete("t3", {"valid_acc_seen_per_task": [40.0]})  # stopped early: pruned
+    rows = [{"trial_id": f"t{i}", "stage": "search", "status": status, "valid_acc": value}
+            for i, (status, value) in enumerate([("TERMINATED", 60.0), ("TERMINATED", 61.5), ("TERMINATED", 62.5),
+                                                 ("STOPPED", None)])]
+    printed = []
+    settle_study(plan, journal_file, rows, printed.append)
+    study = study_of(tmp_path, "unit")
+    complete = {t.user_attrs[TUNE_TRIAL_ID]: t for t in study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))}
+    assert {trial_id: t.value for trial_id, t in complete.items()} == {"t0": 60.0, "t1": 61.5, "t2": 62.5}
+    failed = next(t for t in study.trials if t.state.name == "FAIL")
+    assert complete["t2"].params == failed.params and complete["t2"].intermediate_values == {1: 55.0}
+    assert complete["t2"].user_attrs == failed.user_attrs
+    assert [t.state.name for t in study.trials if t.user_attrs[TUNE_TRIAL_ID] == "t3"] == ["PRUNED"]
+    assert len(printed) == 2 and all("recorded as COMPLETE from its row" in line for line in printed)
+    settle_study(plan, journal_file, rows, printed.append)  # settled: nothing more to record
+    assert len(study_of(tmp_path, "unit").trials) == 5 and len(printed) == 2
 
 
 def test_each_reports_curve_gives_the_study_what_it_lacks(tmp_path):

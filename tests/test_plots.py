@@ -23,7 +23,7 @@ import pyarrow.fs as pafs
 import pytest
 from omegaconf import OmegaConf
 
-from ness_sweep import metrics, plots, report_page, results
+from ness_sweep import leaderboard, metrics, plots, report_page, results, selection
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -149,7 +149,7 @@ def test_acc_bwt_shows_every_finished_trial_and_marks_the_pareto_front(sweep):
     done = finished(table)
     points, front = figure.data
     assert list(points.x) == [r["bwt"] for r in done] and list(points.y) == [r["acc"] for r in done]
-    expected = results.pareto_front(table.to_pylist(), ["acc", "bwt"], ["max", "max"])
+    expected = selection.pareto_front(table.to_pylist(), ["acc", "bwt"], ["max", "max"])
     assert list(zip(front.x, front.y)) == [(r["bwt"], r["acc"]) for r in expected]
     # brute force: a marked point is one no finished trial beats on both ACC and BWT
     beaten = {r["trial_id"] for r in done for o in done
@@ -257,7 +257,7 @@ def test_heatmaps_show_the_best_trials_matrix_and_diagnostics(sweep):
     table, plan, study = load(sweep)
     figures = plots.build_figures(table, plan, study)
     best = max(finished(table), key=lambda r: r["acc"])
-    assert best["trial_id"] == results.best_rows(table)[0]["trial_id"]
+    assert best["trial_id"] == leaderboard.best_rows(table)[0]["trial_id"]
     (heatmap,) = figures["acc_matrix"].data
     assert [list(row) for row in heatmap.z] == best["acc_matrix"]
     assert (heatmap.zmin, heatmap.zmax) == (0, 100)  # one colour scale for every report, not this matrix's range
@@ -430,7 +430,7 @@ def test_two_objectives_use_the_first_for_importances_and_the_front_for_the_best
     expected = optuna.importance.get_param_importances(
         study, target=lambda t: t.values[0], evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0))
     assert dict(zip(bars.x, bars.y)) == pytest.approx(expected)
-    front = results.pareto_front(table.to_pylist(), ["acc", "bwt"], ["max", "max"])
+    front = selection.pareto_front(table.to_pylist(), ["acc", "bwt"], ["max", "max"])
     assert [list(r) for r in figures["acc_matrix"].data[0].z] == front[0]["acc_matrix"]
     assert "acc (max), bwt (max)" in open(report_page.write_html(str(sweep))).read()
 

@@ -11,7 +11,7 @@ import pytest
 import ray.cloudpickle
 from omegaconf import OmegaConf
 
-from ness_sweep import results
+from ness_sweep import results, selection
 from ness_sweep.config import (
     RunConfig,
     SweepConfig,
@@ -26,8 +26,8 @@ from ness_sweep.config import (
     unflatten,
     with_groups,
 )
+from ness_sweep.leaderboard import train_command
 from ness_sweep.methods import load_run_config, method_groups
-from ness_sweep.report import train_command
 from ness_sweep.sweep import plan as planning
 from ness_sweep.sweep.columns import column_types
 
@@ -40,21 +40,21 @@ def test_pareto_front_keeps_exactly_the_undominated_rows_best_first():
     table = rows((90, -5), (80, -1), (85, -3), (70, -4), (90, -6), (None, 0), (60, float("nan")), (80, -1))
     # t3 (70, -4) is dominated by t2 (85, -3); t4 (90, -6) by t0; t5 and t6 have no finite metrics;
     # t1 and t7 tie (80, -1): neither dominates the other, both stay.
-    front = results.pareto_front(table, ["acc", "bwt"], ["max", "max"])
+    front = selection.pareto_front(table, ["acc", "bwt"], ["max", "max"])
     assert [r["trial_id"] for r in front] == ["t0", "t2", "t1", "t7"]
 
 
 def test_pareto_front_with_a_minimised_objective():
     table = [{"trial_id": "a", "acc": 90, "forgetting": 4}, {"trial_id": "b", "acc": 88, "forgetting": 1},
              {"trial_id": "c", "acc": 87, "forgetting": 2}, {"trial_id": "d", "acc": 91, "forgetting": 4}]
-    front = results.pareto_front(table, ["acc", "forgetting"], ["max", "min"])
+    front = selection.pareto_front(table, ["acc", "forgetting"], ["max", "min"])
     assert [r["trial_id"] for r in front] == ["d", "b"]  # a loses to d on acc; c to b on both
 
 
 def test_ranked_orders_finished_rows_by_the_mode():
     table = rows((90, -5), (None, 0), (95, -1), (85, -3))
-    assert [r["trial_id"] for r in results.ranked(table, "acc", "max")] == ["t2", "t0", "t3"]
-    assert [r["trial_id"] for r in results.ranked(table, "bwt", "min")] == ["t0", "t3", "t2", "t1"]
+    assert [r["trial_id"] for r in selection.ranked(table, "acc", "max")] == ["t2", "t0", "t3"]
+    assert [r["trial_id"] for r in selection.ranked(table, "bwt", "min")] == ["t0", "t3", "t2", "t1"]
 
 
 def tiny_table(row: dict, searched):

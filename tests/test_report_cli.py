@@ -13,7 +13,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from ness_sweep import report, results
+from ness_sweep import leaderboard, report, results
+from ness_sweep.optuna_journal import TPE_STARTUP_TRIALS
 from tests.test_plots import TRIALS, make_rows, make_sweep
 
 TWENTY = [(f"t{i:02d}", "TERMINATED", 3) for i in range(20)]
@@ -24,7 +25,7 @@ def listing(root):
 
 
 def board_lines(sweep_dir):
-    return report.leaderboard(results.read_table(str(sweep_dir))).splitlines()
+    return leaderboard.leaderboard(results.read_table(str(sweep_dir))).splitlines()
 
 
 def test_several_seeds_show_mean_and_std_and_zero_reads_0_00(tmp_path):
@@ -40,7 +41,7 @@ def test_several_seeds_show_mean_and_std_and_zero_reads_0_00(tmp_path):
 def test_the_random_search_line_is_there_for_8_trials_only(tmp_path):
     small = board_lines(make_sweep(tmp_path / "small", make_rows(TRIALS[:8])))
     large = board_lines(make_sweep(tmp_path / "large", make_rows(TWENTY)))
-    assert any("random search" in line and str(report.TPE_STARTUP_TRIALS) in line for line in small[:2])
+    assert any("random search" in line and str(TPE_STARTUP_TRIALS) in line for line in small[:2])
     assert not any("random search" in line for line in large)
 
 
@@ -159,7 +160,7 @@ def test_a_unique_start_of_a_trial_id_names_the_trial(tmp_path, capsys):
     table = results.read_table(str(sweep))
     t10 = next(r for r in table.to_pylist() if r["trial_id"] == "t10")
     code, out, _ = rerun_output(sweep, "t1", capsys)  # only t10 starts so
-    assert code == 0 and out == [report.train_command(t10, table)]
+    assert code == 0 and out == [leaderboard.train_command(t10, table)]
     code, out, err = rerun_output(sweep, "t0", capsys)
     assert code == 2 and out == [] and len(err) == 1
     assert "t00, t01, t02, t03, t04, t05, t06, t07, t08, t09" in err[0] and "give more" in err[0]

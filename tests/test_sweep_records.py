@@ -15,7 +15,7 @@ import torch
 from omegaconf import OmegaConf
 from ray import tune
 
-from ness_sweep import report, results, run, train
+from ness_sweep import leaderboard, report, run, train
 from ness_sweep.benchmarks import check_stream, stream_for
 from ness_sweep.methods import load_run_config
 from ness_sweep.results import SweepFolder
@@ -69,7 +69,7 @@ def test_every_row_reruns_to_its_acc_with_its_own_stream(streams_swept, tmp_path
     assert len(shaped) > 1  # the trials did train on different streams
     assert all(r["seeds"] == [r["seed"]] and r["threads"] == 1 for r in rows)
     for row in rows:
-        assert rerun_acc(report.train_command(row, table), tmp_path) == row["acc"], row["trial_id"]
+        assert rerun_acc(leaderboard.train_command(row, table), tmp_path) == row["acc"], row["trial_id"]
 
 
 def test_the_plan_is_stored_readable_with_the_command_line(streams_swept):
@@ -222,7 +222,7 @@ def test_emptied_checkpoints_are_passed_over_and_a_report_alone_means_the_trial_
 def test_a_preset_best_yaml_holds_threads_and_device(streams_swept):
     best = report.write_best_config(streams_swept["table"], str(streams_swept["dir"]))
     cfg = load_run_config([f"preset={best}"])
-    top = results.best_rows(streams_swept["table"])[0]
+    top = leaderboard.best_rows(streams_swept["table"])[0]
     assert cfg.threads == top["threads"] == 1 and cfg.device == top["device"] == "cpu"
     assert cfg.seed == top["seeds"][0] and cfg.task_order == top["task_order"]
 

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from PIL import Image
 
 from ness_sweep import run
 from ness_sweep.sweep import dashboards
@@ -96,9 +95,9 @@ def test_trial_summary_holds_acc_bwt_and_the_accuracy_matrix_table(swept):
         assert matrix["columns"] == ["after_task", *(f"task_{j}" for j in range(1, NUM_TASKS + 1))]
         assert [cells[0] for cells in matrix["data"]] == list(range(1, NUM_TASKS + 1))
         assert [cells[1:] for cells in matrix["data"]] == row["acc_matrix"]
-        heatmap = found["dir"] / "files" / summary["acc_matrix_heatmap"]["path"]
-        side = dashboards.HEATMAP_MARGIN + NUM_TASKS * dashboards.HEATMAP_CELL
-        assert Image.open(heatmap).size == (side, side)
+        (heatmap,) = json.loads((found["dir"] / "files" / summary["acc_matrix_heatmap"]["path"]).read_text())["data"]
+        assert heatmap["type"] == "heatmap" and heatmap["z"] == row["acc_matrix"]  # the report's figure
+        assert (heatmap["zmin"], heatmap["zmax"]) == (0, 100)
 
 
 def test_trial_run_has_its_resolved_config_and_per_task_accuracies_and_diagnostics(swept):

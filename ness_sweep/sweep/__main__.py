@@ -55,7 +55,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 2
     if result is None:  # dry_run=true: the plan is printed, nothing started
         return 0
-    from ..report import leaderboard
+    from ..leaderboard import leaderboard
 
     print(leaderboard(result.table))
     if result.report_html:

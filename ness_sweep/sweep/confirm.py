@@ -19,7 +19,7 @@ CONFIRM_DIR = "confirm"  # the confirmation's Tune experiment, inside the sweep 
 
 def search_complete(plan: SweepPlan, table: pa.Table) -> bool:
     """Every trial the search planned has ended (an interrupted search is resumed before anything is confirmed)."""
-    search = results.stage_rows(table.to_pylist(), Stage.SEARCH)
+    search = selection.stage_rows(table.to_pylist(), Stage.SEARCH)
     return len(search) >= plan.total_trials and all(row["status"] in Status.ENDED for row in search)
 
 
@@ -29,7 +29,7 @@ def nothing_left(plan: SweepPlan, table: pa.Table) -> bool:
     rows = table.to_pylist()
     if not search_complete(plan, table) or any(row["status"] == Status.ERROR for row in rows):
         return False
-    reruns = results.stage_rows(rows, Stage.CONFIRM)
+    reruns = selection.stage_rows(rows, Stage.CONFIRM)
     needed = len(confirmation_configs(plan, table)) if plan.cfg.sweep.confirm_top else 0
     return len(reruns) >= needed and all(row["status"] in Status.ENDED for row in reruns)
 

@@ -19,7 +19,6 @@ from urllib.parse import urlparse
 import pyarrow as pa
 import pyarrow.fs as pafs
 from omegaconf import DictConfig
-from PIL import Image, ImageDraw, ImageFont
 from ray import tune
 
 from .. import environment, results
@@ -38,8 +37,6 @@ PER_TASK_KEYS = ("acc_seen", "valid_acc_seen", "acc_task/*", "valid_acc_task/*",
 # What the sweep-level table holds besides the config columns: enough for ACC-against-BWT views.
 TABLE_METRICS = ("stage", "confirms", *FINAL, *(on_split(m, VALID) for m in FINAL), "seconds")
 SUMMARY_JOB_TYPE = "sweep-summary"
-HEATMAP_CELL = 44  # pixels
-HEATMAP_MARGIN = 56  # pixels left of and above the cells, for the labels
 
 
 def check_login(cfg: DictConfig) -> None:
@@ -78,39 +75,6 @@ def sync_hint(cfg: DictConfig, sweep_dir: str) -> Optional[str]:
         return (f"W&B offline runs are in {sweep_dir}/wandb; copy that folder to a machine with network "
                 "access and run: wandb sync FOLDER")
     return f"upload the W&B offline runs with: {shlex.join(['wandb', 'sync', f'{path}/wandb'])}"
-
-
-def heatmap(matrix: List[List[Optional[float]]]) -> Image.Image:
-    """The accuracy matrix R as a picture: row i after task i, column j task j, darker is more accurate."""
-    size = len(matrix)
-    side = HEATMAP_MARGIN + size * HEATMAP_CELL
-    image = Image.new("RGB", (side, side), "white")
-    draw = ImageDraw.Draw(image)
-    font = ImageFont.load_default()
-    pale, dark = (247, 251, 255), (8, 48, 107)
-    for k in range(size):
-        middle = HEATMAP_MARGIN + k * HEATMAP_CELL + HEATMAP_CELL // 2
-        _centred_text(draw, font, (middle, HEATMAP_MARGIN // 2), f"task {k + 1}", "black")
-        _centred_text(draw, font, (HEATMAP_MARGIN // 2, middle), f"after {k + 1}", "black")
-    for i, row in enumerate(matrix):
-        for j, value in enumerate(row):
-            left, top = HEATMAP_MARGIN + j * HEATMAP_CELL, HEATMAP_MARGIN + i * HEATMAP_CELL
-            box = (left, top, left + HEATMAP_CELL - 2, top + HEATMAP_CELL - 2)
-            if value is None:
-                draw.rectangle(box, fill=(235, 235, 235))
-                continue
-            share = min(max(value / 100.0, 0.0), 1.0)
-            colour = tuple(round(p + share * (d - p)) for p, d in zip(pale, dark))
-            draw.rectangle(box, fill=colour)
-            _centred_text(draw, font, (left + HEATMAP_CELL // 2 - 1, top + HEATMAP_CELL // 2 - 1), f"{value:.1f}",
-                          "white" if share > 0.55 else "black")
-    return image
-
-
-def _centred_text(draw: ImageDraw.ImageDraw, font, centre, text: str, fill: str) -> None:
-    """Centre by the text's box: Pillow's anchors need FreeType, which a Pillow build may lack."""
-    left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
-    draw.text((centre[0] - (left + right) / 2, centre[1] - (top + bottom) / 2), text, fill=fill, font=font)
 
 
 def matrix_columns(size: int) -> List[str]:
@@ -227,8 +191,10 @@ class WandbRuns(tune.Callback):
         if matrix:
             summary["acc_matrix"] = self.wandb.Table(
                 columns=matrix_columns(len(matrix)), data=[[i + 1, *row] for i, row in enumerate(matrix)])
-            summary["acc_matrix_heatmap"] = self.wandb.Image(
-                heatmap(matrix), caption="accuracy (%) on task j (columns) after task i (rows)")
+            from ..plots import acc_matrix_figure  # plotly loads with the first trial that ends
+
+            summary["acc_matrix_heatmap"] = self.wandb.Plotly(
+                acc_matrix_figure(matrix, f"Accuracy matrix ({trial.trial_id})"))
         with artifacts_staged_in(self._wandb_dir):
             run.summary.update(summary)
         run.finish()

@@ -55,7 +55,8 @@ def sweep(*args: str, out: Callable[[str], None] = print, **settings: Any) -> Op
     the file and the command that continues the sweep; no trial is marked failed for it."""
     argv = [*args, *arguments(settings, args)]
     environment.bind_ray_to_loopback(parse_overrides(argv).get("ray", {}).get("address"))
-    from ..report import chosen, row_settings, write_best_config, write_report_page
+    from ..leaderboard import chosen, row_settings
+    from ..report import write_best_config, write_report_page
     from .plan import build_plan
 
     plan = build_plan(argv)

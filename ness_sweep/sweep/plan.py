@@ -11,8 +11,6 @@ import dataclasses
 import itertools
 import json
 import math
-import os
-import socket
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Callable, Dict, List, Optional, Tuple
@@ -47,6 +45,7 @@ from ..selection import fresh_seeds
 from .code import check_code, code_options
 from .columns import column_types
 from .lock import check_not_running, check_writable, name_candidates, taken
+from .preflight import check_cluster_reachable, check_local_resources
 from .space import SearchSpace, known_spaces, load_space, space_from_record
 
 DEFAULT_NUM_SAMPLES = 10
@@ -63,8 +62,6 @@ CONFIRMS = "confirms"
 
 MAX_STREAMS = 16  # distinct task streams a sweep may hold in Ray's object store (searched stream-shaping keys)
 
-
-CLUSTER_CONNECT_TIMEOUT_S = 30.0
 
 @dataclass
 class SweepPlan:
@@ -389,38 +386,6 @@ def _sweep_name(plan: SweepPlan, now: datetime) -> str:
     return next(name for name in name_candidates(automatic) if not results.exists(fs, f"{root}/{name}"))
 
 
-def machine_cpus() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
-def check_local_resources(cfg: DictConfig) -> None:
-    """A trial asking for more than this machine has would wait forever: say so before starting."""
-    cpus = machine_cpus()
-    if cfg.trial.cpu > cpus:
-        raise UserError(f"trial.cpu={cfg.trial.cpu}: this machine has {cpus} CPUs")
-    import torch  # here: planning needs torch only to count GPUs
-
-    gpus = torch.cuda.device_count() if cfg.trial.gpu > 0 else 0
-    if cfg.trial.gpu > gpus:
-        raise UserError(f"trial.gpu={cfg.trial.gpu}: this machine has {gpus} CUDA GPUs "
-                          "(or join a cluster with ray.address=auto)")
-
-
-def check_cluster_reachable(cfg: DictConfig) -> None:
-    """A ``host:port`` cluster address that nothing answers on would make Ray wait for minutes: try it first,
-    for at most ``CLUSTER_CONNECT_TIMEOUT_S``. ``auto`` and ``ray://`` addresses are left to Ray."""
-    address = str(cfg.ray.address or os.environ.get("RAY_ADDRESS") or "")
-    host, _, port = address.rpartition(":")
-    if "://" in address or not host or not port.isdigit():
-        return
-    try:
-        socket.create_connection((host, int(port)), timeout=CLUSTER_CONNECT_TIMEOUT_S).close()
-    except OSError as error:
-        raise UserError(f"ray.address={address}: no Ray cluster answers there "
-                          f"({error.strerror or first_line(error)}); "
-                          "start one (`ray start --head`) or fix the address") from None
-
-
 def trial_run_config(settings: Dict[str, Any], params: Dict[str, Any]) -> DictConfig:
     """The run config of one trial: the sweep's settings with the sampled values, holding only the settings
     group of the trial's method (a sweep over methods holds each option's), validated."""
@@ -460,9 +425,15 @@ def stream_variants(plan: SweepPlan) -> Dict[str, Tuple[DictConfig, int]]:
         raise UserError(f"{plan.space.source}: the searched stream-shaping keys ({', '.join(shaping)}) give {count} "
                           f"task streams; a sweep holds at most {MAX_STREAMS}: search fewer values")
     options = {key: dist.options() for key, dist in shaping.items()}  # counted first: listed only when few
-    variants = {}
-    for combo in itertools.product(*options.values()):
-        cfg = trial_run_config(plan.run_settings(), dict(zip(options, combo)))
-        for seed in plan.trial_seeds(cfg):
+    return streams_of(plan, [dict(zip(options, combo)) for combo in itertools.product(*options.values())])
+
+
+def streams_of(plan: SweepPlan, trials: List[Dict[str, Any]]) -> Dict[str, Tuple[DictConfig, int]]:
+    """The streams that trials with these Tune configs train on, keyed by ``stream_key``: a run config and seed
+    that make each (``SweepPlan.trial_seeds``: the sweep's seeds, or a confirmation's own)."""
+    variants: Dict[str, Tuple[DictConfig, int]] = {}
+    for params in trials:
+        cfg = trial_run_config(plan.run_settings(), params)
+        for seed in plan.trial_seeds(cfg, params):
             variants.setdefault(stream_key(stream_settings(cfg, seed)), (cfg, seed))
     return variants

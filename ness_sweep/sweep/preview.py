@@ -3,44 +3,18 @@ that ``dry_run=true`` prints (no Ray, no W&B, no data, no folder: this module im
 
 from __future__ import annotations
 
-import math
 import shlex
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List
 
 from .. import results
 from ..config import argument_value, flatten, joins_cluster, resolved
-from ..report import random_search_note, status_text
-from .plan import SweepPlan, machine_cpus
+from ..leaderboard import random_search_note, status_text
+from .plan import SweepPlan
+from .preflight import concurrency_text
 from .space import Distribution
 
 # Groups of the sweep config that say how the sweep runs, not what a trial trains.
 SWEEP_GROUPS = ("sweep", "trial", "ray", "wandb")
-
-
-def trials_at_once(cpus: float, gpus: float, trial: Any, max_concurrent: Optional[int]) -> int:
-    """Trials that fit on ``cpus`` and ``gpus`` at trial.cpu and trial.gpu each, capped by sweep.max_concurrent."""
-    fits = math.floor(cpus / trial.cpu + 1e-9)
-    if trial.gpu > 0:
-        fits = min(fits, math.floor(gpus / trial.gpu + 1e-9))
-    if max_concurrent:
-        fits = min(fits, max_concurrent)
-    return max(1, fits)
-
-
-def concurrency_text(plan: SweepPlan) -> str:
-    """How many trials would run at once, as the sweep will decide it (``tuner.concurrency``)."""
-    cfg = plan.cfg
-    cap = cfg.sweep.max_concurrent
-    if joins_cluster(cfg):
-        if cap:
-            return f"{cap} trials at once (sweep.max_concurrent; on a cluster it decides alone)"
-        return "as many trials at once as the cluster holds when the sweep starts (not known without joining it)"
-    import torch  # planning has imported it already (check_local_resources)
-
-    cpus, gpus = machine_cpus(), torch.cuda.device_count() if cfg.trial.gpu > 0 else 0
-    machine = f"{cpus} CPUs" + (f", {gpus} GPUs" if cfg.trial.gpu > 0 else "")
-    limit = f", sweep.max_concurrent={cap}" if cap else ""
-    return f"{trials_at_once(cpus, gpus, cfg.trial, cap)} trials at once (this machine: {machine}{limit})"
 
 
 def distribution_text(dist: Distribution) -> str:

@@ -35,13 +35,15 @@ from optuna.trial import TrialState
 from ray.tune.search import Searcher
 
 from ..config import UserError, first_line
-from ..report import TPE_STARTUP_TRIALS, journal_storage, quiet_optuna, train_command
-from ..results import SweepFolder, WriteFailed, write_atomically
+from ..leaderboard import train_command
+from ..optuna_journal import TPE_STARTUP_TRIALS, journal_storage, opened_study, quiet_optuna
+from ..results import Stage, Status, SweepFolder, WriteFailed, write_atomically
+from ..selection import stage_rows
 from .callbacks import FailedWrites, ResultsTable
 from .plan import SweepPlan
 
 TUNE_TRIAL_ID = "trial_id"  # user attribute of each study trial: the Tune trial (results.parquet's trial_id)
-RERUN_COMMAND = "rerun"  # user attribute of each study trial: the line that reruns it (report.train_command)
+RERUN_COMMAND = "rerun"  # user attribute of each study trial: the line that reruns it (leaderboard.train_command)
 INTERMEDIATE_VALUES = "intermediate_values"  # user attribute of the study: what its trials' intermediate values are
 # this run's own: never pickled
 _LIVE = ("_study", "_storage", "_trials", "_reported", "_rerun", "journal", "failed_writes")
@@ -90,8 +92,9 @@ def study_names(plan: SweepPlan) -> List[str]:
 
 
 def rerun_line(plan: SweepPlan) -> Callable[[str, Dict[str, Any]], str]:
-    """The ``ness_sweep.train`` line that reruns a Tune trial of the search from its config: ``report.train_command``
-    on the row the results table holds for it (its config cells, and an empty table of the table's schema)."""
+    """The ``ness_sweep.train`` line that reruns a Tune trial of the search from its config:
+    ``leaderboard.train_command`` on the row the results table holds for it (its config cells, and an empty table
+    of the table's schema)."""
     rows = ResultsTable(plan)
     table = rows.schema.empty_table()
     return lambda trial_id, config: train_command(
@@ -345,6 +348,51 @@ class PerMethodSearch(Searcher):
         self.method_of = state["method_of"]
 
 
+def settle_study(plan: SweepPlan, journal: Optional[str], rows: List[Dict[str, Any]],
+                 out: Callable[[str], None]) -> None:
+    """After the search: every finished search row (``rows``, the table's) is a COMPLETE study trial with the row's
+    objective values. A trial whose end reached the table but not the study (a driver killed between Tune telling
+    the searcher and the searcher writing the journal, then resumed) is recorded from its row: told when its study
+    trial still runs, else added as COMPLETE with that trial's params, attributes and learning curve; one line
+    says so. The table is the record and the study mirrors it, which the searcher alone cannot promise across
+    kills."""
+    if not journal:
+        return
+    try:
+        _settle(plan, journal, rows, out)
+    except STORAGE_ERRORS as error:
+        raise storage_failure(journal, error) from None
+
+
+def _settle(plan: SweepPlan, journal: str, rows: List[Dict[str, Any]], out: Callable[[str], None]) -> None:
+    storage = journal_storage(journal)
+    finished = [row for row in stage_rows(rows, Stage.SEARCH) if row["status"] == Status.TERMINATED]
+    for name in study_names(plan):
+        with quiet_optuna():
+            study = optuna.load_study(study_name=name, storage=storage)
+        by_trial = collections.defaultdict(list)
+        for trial in study.get_trials(deepcopy=False):
+            by_trial[trial.user_attrs.get(TUNE_TRIAL_ID)].append(trial)
+        for row in finished:
+            if plan.by_method and name != study_name(plan, str(row.get("method"))):
+                continue
+            values = [row.get(metric) for metric in plan.metrics]
+            trials = by_trial.get(row["trial_id"], [])
+            if not trials or not all(_finite(v) for v in values) or \
+                    any(t.state == TrialState.COMPLETE for t in trials):
+                continue
+            running = [t for t in trials if t.state == TrialState.RUNNING]
+            if running:
+                study.tell(running[0].number, values)
+            else:
+                earlier = trials[-1]
+                study.add_trial(optuna.trial.create_trial(
+                    params=earlier.params, distributions=earlier.distributions, user_attrs=earlier.user_attrs,
+                    values=values, intermediate_values=earlier.intermediate_values, state=TrialState.COMPLETE))
+            out(f"{os.path.basename(journal)}: trial {row['trial_id']} recorded as COMPLETE from its row in the "
+                "table (its end reached the table but not the study before a driver was killed)")
+
+
 def migrate_sqlite_study(folder: SweepFolder, out: Callable[[str], None]) -> None:
     """A sweep begun before the journal keeps its study in SQLite (``optuna.db``): every study in it is copied once
     into the journal with Optuna's ``copy_study`` (trials in their order, values, intermediate values, attributes,
@@ -383,8 +431,6 @@ def check_resumable_study(plan: SweepPlan, out: Callable[[str], None]) -> None:
     searcher cuts it off before writing (``cut_torn_line``). A sweep folder on a URI receives its journal when a
     driver ends; one killed in its first run left none there: that resume continues with a new study, and says so.
     """
-    from ..report_page import opened_study  # plotly loads only on a resume
-
     folder = plan.folder
     shown = folder.shown(folder.OPTUNA)
     if not folder.exists(folder.OPTUNA) and folder.exists(SQLITE_STUDY):

@@ -21,7 +21,7 @@ from ray.tune.logger import JsonLoggerCallback
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
 from .. import environment, results
-from ..benchmarks import stream_for, stream_settings
+from ..benchmarks import stream_for
 from ..config import UserError, first_line, joins_cluster
 from ..data import TaskStream
 from ..environment import TUNE_SETTINGS
@@ -32,10 +32,17 @@ from .checkpoints import Checkpoints
 from .code import check_models_fit, shipped_modules
 from .confirm import CONFIRM_DIR, FixedConfigs, confirmation_configs, nothing_left, search_complete
 from .lock import claimed
-from .plan import SweepPlan, machine_cpus, stream_key, stream_variants, trial_run_config, write_plan
-from .preview import trials_at_once
+from .plan import SweepPlan, stream_variants, streams_of, write_plan
+from .preflight import machine_cpus, trials_at_once
 from .progress import EpochSender, LiveProgress, epoch_sender
-from .study import STORAGE_ERRORS, PerMethodSearch, StudySearch, check_resumable_study, storage_failure
+from .study import (
+    STORAGE_ERRORS,
+    PerMethodSearch,
+    StudySearch,
+    check_resumable_study,
+    settle_study,
+    storage_failure,
+)
 from .trial import run_trial
 from .tune_internals import replace_run_settings
 
@@ -170,13 +177,14 @@ def run_sweep(plan: SweepPlan, out: Callable[[str], None] = print,
             f"{' (selected on test)' if plan.selected_on_test else ''}, scheduler {plan.scheduler}, "
             f"{_benchmarks(streams)} on {plan.device}; results in {plan.sweep_dir}")
         refs = {key: ray.put(stream) for key, stream in streams.items()}
-        # W&B and SQLite write local files only: for a URI output_dir both are staged here and copied there
+        # W&B and Optuna's journal write local files only: for a URI output_dir both are staged here and copied there
         with folder.staged_locally(folder.WANDB, fetch=False) as wandb_dir, \
                 folder.staged_locally(folder.OPTUNA, fetch=True) as study_file, _quiet_tune_errors(), \
                 environment.scoped(TUNE_SETTINGS), epoch_sender(plan) as sender:
             stage = StageRun(plan, num_tasks, parallel, out, sender, os.path.dirname(wandb_dir))
             stage.fit(_tuner(plan, refs, num_tasks, parallel, stage.callbacks(Stage.SEARCH), study_file,
                              stage.failed_writes, sender))
+            settle_study(plan, study_file, results.read_table(plan.sweep_dir).to_pylist(), out)
             del refs
             if plan.cfg.sweep.confirm_top:
                 _confirm(plan, stage)
@@ -229,11 +237,7 @@ def _confirm(plan: SweepPlan, stage: StageRun) -> None:
     if not configs:
         stage.out("confirmation: no search trial finished every task; nothing to confirm")
         return
-    variants: Dict[str, Any] = {}
-    for config in configs:
-        cfg = trial_run_config(plan.run_settings(), config)
-        variants.setdefault(stream_key(stream_settings(cfg, int(cfg.seed))), (cfg, int(cfg.seed)))
-    refs = {key: ray.put(stream_for(cfg, seed)) for key, (cfg, seed) in variants.items()}
+    refs = {key: ray.put(stream_for(cfg, seed)) for key, (cfg, seed) in streams_of(plan, configs).items()}
     per_method = " per method" if plan.by_method else ""
     stage.out(f"confirmation: the best {plan.cfg.sweep.confirm_top}{per_method} by {plan.metrics[0]}, "
               f"{len(configs) // len(plan.confirm_seeds)} configurations, each on fresh seeds "

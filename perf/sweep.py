@@ -52,6 +52,7 @@ from ness_sweep.benchmarks import stream_for  # noqa: E402
 from ness_sweep.methods import make_trainer  # noqa: E402
 from ness_sweep.results import Status, SweepFolder, read_table  # noqa: E402
 from ness_sweep.sweep import dashboards, plan as planning, preflight, tuner  # noqa: E402
+from ness_sweep.train import apply_threads  # noqa: E402
 
 
 def timed_sweep(args, output_dir, name, out=lambda line: None):
@@ -333,14 +334,29 @@ def scale(args, trials: int) -> None:
 
 
 def loop(plan_args, params_list):
-    """Train the configurations one after another in this process; returns (seconds, ACCs)."""
+    """Train the runs one after another in this process, each on its own seed's stream and with the trials'
+    thread count, as a trial would; returns (seconds, ACCs)."""
     plan = planning.build_plan(plan_args)
     started = time.perf_counter()
     settings = plan.run_settings()
-    stream = stream_for(plan.cfg, plan.seeds[0])
-    accs = [make_trainer(planning.trial_run_config(settings, params), stream, log=None).run().to_dict()["acc"]
-            for params in params_list]
+    apply_threads(settings["threads"])
+    streams, accs = {}, []
+    for params in params_list:
+        cfg = planning.trial_run_config(settings, params)
+        if cfg.seed not in streams:
+            streams[cfg.seed] = stream_for(cfg, cfg.seed)
+        try:
+            accs.append(make_trainer(cfg, streams[cfg.seed], log=None).run().to_dict()["acc"])
+        except FloatingPointError:  # diverged: the sweep's row ends so too, with no ACC
+            accs.append(None)
     return time.perf_counter() - started, accs
+
+
+def same_acc(loop_accs, row_acc) -> bool:
+    """Whether the plain loop's runs of a row give the row's ACC (their mean), or diverged as it did (no ACC)."""
+    if None in loop_accs or row_acc is None:
+        return None in loop_accs and row_acc is None
+    return abs(statistics.fmean(loop_accs) - row_acc) < 1e-9
 
 
 def two_processes(plan_args, params_list, scratch: Path) -> float:
@@ -386,18 +402,23 @@ def main(argv):
         progress(f"sweep, W&B offline: {offline}")
         _, _, disabled = timed_sweep([*args, "wandb.mode=disabled"], scratch, "wandb_disabled")
         progress(f"sweep, W&B disabled: {disabled}")
-        params_list = [{key: row[key] for key in plan.space.search} for row in rows]
+        # every run the sweep made (the search's and the confirmation's), each with its seed
+        params_list = [{**{key: row[key] for key in plan.space.search}, "seed": seed}
+                       for row in rows for seed in row["seeds"]]
         plan_args = [*args, f"output_dir={scratch}"]
         loop_seconds, accs = loop(plan_args, params_list)
         progress(f"plain loop: {loop_seconds:.1f} s")
         pair_seconds = two_processes(plan_args, params_list, Path(scratch))
         progress(f"two plain processes: {pair_seconds:.1f} s")
-    same = sum(abs(a - r["acc"]) < 1e-9 for a, r in zip(accs, rows))
+    run_accs = iter(accs)  # in the rows' order, each row's seeds in turn: a row's ACC is its seeds' mean
+    same = sum(same_acc([next(run_accs) for _ in row["seeds"]], row["acc"]) for row in rows)
     print(f"{trials} trials of {plan.space.source} ({plan.cfg.benchmark}, train.epochs={plan.cfg.train.epochs}, FIFO), "
           f"{offline['concurrency']} at a time with trial.cpu={plan.cfg.trial.cpu}, "
           f"on {preflight.machine_cpus()} CPUs, "
-          f"torch {torch.__version__}; mean trial compute {offline['compute'] / trials:.2f} s in the sweep; "
-          f"loop ACC equal to the sweep's for {same}/{trials} trials (the loop uses {torch.get_num_threads()} threads)")
+          f"torch {torch.__version__}; mean trial compute {offline['compute'] / len(rows):.2f} s in the sweep; "
+          f"{len(rows)} rows ({len(params_list)} runs, the confirmation's included), each also run by the plain loop "
+          f"and the two plain processes; loop ACC equal to the sweep's for {same}/{len(rows)} rows (the loop uses "
+          f"{torch.get_num_threads()} thread(s), as the trials)")
     print()
     print("| run | wall time (s) | speed-up vs loop | wall / two plain processes' | Σ trial compute (s) "
           "| framework overhead per trial (s) |")

@@ -360,7 +360,7 @@ def same_acc(loop_accs, row_acc) -> bool:
 
 
 def two_processes(plan_args, params_list, scratch: Path) -> float:
-    """Half the configurations in each of two fresh Python processes, one thread each, side by side."""
+    """Half the runs in each of two fresh Python processes, one thread each, side by side."""
     halves = [params_list[0::2], params_list[1::2]]
     started = time.perf_counter()
     children = []

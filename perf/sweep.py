@@ -17,6 +17,8 @@ the table; process start for the two plain processes). Framework overhead per tr
 time inside each trial. W&B's cost per trial: the two sweeps' wall-time difference over the trials (end to
 end, its service's CPU included, but noisy), and, exactly, the driver time spent in the W&B callback.
 Each sweep's wall time is also stated against the two plain processes' (the issue's ratio: <= 1.2x at 32 trials).
+For the default sweep it also prints where its time goes besides the trials' compute: the driver process's CPU time
+(it shares the cores with the trials), and the medians of ``slot_idle``.
 
 ``scale`` runs one sweep of many trivial trials (one epoch per task, no confirmation, W&B offline) and prints what
 would grow with the trial count if the driver's cost per trial end did: trials per minute over the first and the
@@ -333,6 +335,23 @@ def scale(args, trials: int) -> None:
     print("\n".join(tenths(start, ends, samples)))
 
 
+def slot_idle(rows):
+    """Where a trial slot waits, per run, from the table's started_at / ended_at (the driver's clock): inside the
+    trial but outside its trainer (set-up, checkpoints, each report waiting for the driver: Tune's function
+    trainables report synchronously), and from a slot's trial end to the next trial's start (the driver's callbacks,
+    the next suggestion: each start against the latest end before it, the confirmation's first ones included, which
+    wait out the stage change). Medians (s)."""
+    timed = [row for row in rows if None not in (row["started_at"], row["ended_at"], row["seconds"])]
+    inside = [(row["ended_at"] - row["started_at"]).total_seconds() - row["seconds"] for row in timed]
+    ends = sorted(row["ended_at"].timestamp() for row in timed)
+    turnaround = []
+    for start in sorted(row["started_at"].timestamp() for row in timed):
+        before = [end for end in ends if end <= start]
+        if before:
+            turnaround.append(start - before[-1])
+    return statistics.median(inside), statistics.median(turnaround)
+
+
 def loop(plan_args, params_list):
     """Train the runs one after another in this process, each on its own seed's stream and with the trials'
     thread count, as a trial would; returns (seconds, ACCs)."""
@@ -398,7 +417,9 @@ def main(argv):
         return
     with tempfile.TemporaryDirectory() as scratch:
         in_wandb = time_wandb_callback()
-        plan, rows, offline = timed_sweep(args, scratch, "wandb_offline")
+        with driver_usage() as samples:
+            plan, rows, offline = timed_sweep(args, scratch, "wandb_offline")
+        driver_cpu = samples[-1].cpu - samples[0].cpu
         progress(f"sweep, W&B offline: {offline}")
         _, _, disabled = timed_sweep([*args, "wandb.mode=disabled"], scratch, "wandb_disabled")
         progress(f"sweep, W&B disabled: {disabled}")
@@ -429,6 +450,13 @@ def main(argv):
     print(f"| plain loop, one process | {loop_seconds:.1f} | 1.00× | {loop_seconds / pair_seconds:.2f}× | | |")
     print(f"| two plain processes, no Ray (this machine's ceiling) | {pair_seconds:.1f} | "
           f"{loop_seconds / pair_seconds:.2f}× | 1.00× | | |")
+    print()
+    inside, turnaround = slot_idle(rows)
+    print(f"Where the default sweep's time goes besides its trials' compute: the driver process used "
+          f"{driver_cpu:.1f} s of CPU ({driver_cpu / offline['wall']:.0%} of one core over the sweep, on the trials' "
+          f"cores); a run spent a median {inside:.3f} s inside its trial but outside the trainer (set-up, checkpoints, "
+          f"reports waiting for the driver), and a slot a median {turnaround:.3f} s from one trial's end to the next "
+          f"trial's start")
     print()
     per_trial = sorted(in_wandb["trials"].values())
     print(f"W&B offline against disabled, same trials: {(offline['wall'] - disabled['wall']) / trials:+.2f} s of wall "

@@ -29,6 +29,7 @@ wall time of ``python -m ness_sweep.report`` and of a resume with nothing left t
 
 from __future__ import annotations
 
+import bisect
 import collections
 import contextlib
 import json
@@ -344,11 +345,8 @@ def slot_idle(rows):
     timed = [row for row in rows if None not in (row["started_at"], row["ended_at"], row["seconds"])]
     inside = [(row["ended_at"] - row["started_at"]).total_seconds() - row["seconds"] for row in timed]
     ends = sorted(row["ended_at"].timestamp() for row in timed)
-    turnaround = []
-    for start in sorted(row["started_at"].timestamp() for row in timed):
-        before = [end for end in ends if end <= start]
-        if before:
-            turnaround.append(start - before[-1])
+    starts = (row["started_at"].timestamp() for row in timed)
+    turnaround = [start - ends[i - 1] for start in starts if (i := bisect.bisect_right(ends, start))]
     return statistics.median(inside), statistics.median(turnaround)
 
 

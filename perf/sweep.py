@@ -10,7 +10,9 @@ Runs, in one go and on the same configurations:
   2. the same sweep with W&B disabled;
   3. the first sweep's configurations one after another in a plain loop of ``Trainer.run`` in this process;
   4. the same configurations split over two plain Python processes (no Ray, one thread each): the best
-     that two concurrent trials can do on this machine.
+     that two concurrent trials can do on this machine;
+  5. the same configurations in the Ray Tune script a user would write by hand (fixed configurations, a report
+     after each task, nothing else): what Ray Tune itself costs here, before anything the sweep adds.
 Prints a Markdown table for docs/performance.md. Wall times count from the call (data loading, Ray start, Tune,
 the table; process start for the two plain processes). Framework overhead per trial is
 (sweep wall time - sum of trial compute / concurrency) / trials, with trial compute the trainer's own
@@ -49,10 +51,13 @@ environment.bind_ray_to_loopback(None)  # before Ray is imported: loopback only
 os.environ.setdefault("WANDB_MODE", "offline")
 
 import numpy as np  # noqa: E402
+import ray  # noqa: E402
 import torch  # noqa: E402
+from ray import tune  # noqa: E402
 
 from ness_sweep.benchmarks import stream_for  # noqa: E402
 from ness_sweep.methods import make_trainer  # noqa: E402
+from ness_sweep.metrics import seen_accuracy  # noqa: E402
 from ness_sweep.results import Status, SweepFolder, read_table  # noqa: E402
 from ness_sweep.sweep import dashboards, plan as planning, preflight, tuner  # noqa: E402
 from ness_sweep.train import apply_threads  # noqa: E402
@@ -390,6 +395,45 @@ def two_processes(plan_args, params_list, scratch: Path) -> float:
     return time.perf_counter() - started
 
 
+def bare_trial(config, settings, streams, runs):
+    """A hand-written Tune trainable: one run, a report after each task, nothing else (no checkpoint, no search,
+    no table, no W&B)."""
+    cfg = planning.trial_run_config(settings, runs[config["run"]])
+    torch.set_num_threads(cfg.threads)
+    trainer = make_trainer(cfg, ray.get(streams[cfg.seed]), log=None)
+    for task in range(trainer.num_tasks):
+        try:
+            trainer.run(until=task + 1)
+        except FloatingPointError:
+            return
+        tune.report({"task": task + 1, "acc_seen": seen_accuracy(trainer.rows[task])})
+
+
+def bare_tune(plan_args, params_list, parallel: int, scratch: Path) -> float:
+    """The same runs in the Ray Tune script a user would write by hand: Ray started here, the runs as a grid of
+    fixed configurations in one Tune run, as many at a time as the sweep, the sweep's Tune settings (no CSV or
+    TensorBoard files, no status table), actors reused. What Ray Tune itself costs on this machine."""
+    plan = planning.build_plan(plan_args)
+    started = time.perf_counter()
+    ray.init(address="local", num_cpus=preflight.machine_cpus(), include_dashboard=False, log_to_driver=False,
+             logging_level="ERROR")
+    settings, streams = plan.run_settings(), {}
+    for params in params_list:  # each seed's stream, as the plain loop makes it
+        cfg = planning.trial_run_config(settings, params)
+        if cfg.seed not in streams:
+            streams[cfg.seed] = ray.put(stream_for(cfg, cfg.seed))
+    trial = plan.cfg.trial
+    with environment.scoped(environment.TUNE_SETTINGS):
+        tune.Tuner(
+            tune.with_resources(tune.with_parameters(bare_trial, settings=settings, streams=streams, runs=params_list),
+                                {"cpu": trial.cpu, "gpu": trial.gpu}),
+            param_space={"run": tune.grid_search(list(range(len(params_list))))},
+            tune_config=tune.TuneConfig(max_concurrent_trials=parallel, reuse_actors=True),
+            run_config=tune.RunConfig(storage_path=str(scratch / "bare_tune"), verbose=0)).fit()
+    ray.shutdown()
+    return time.perf_counter() - started
+
+
 def progress(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
@@ -429,6 +473,8 @@ def main(argv):
         progress(f"plain loop: {loop_seconds:.1f} s")
         pair_seconds = two_processes(plan_args, params_list, Path(scratch))
         progress(f"two plain processes: {pair_seconds:.1f} s")
+        bare_seconds = bare_tune(plan_args, params_list, offline["concurrency"], Path(scratch))
+        progress(f"hand-written Ray Tune script: {bare_seconds:.1f} s")
     run_accs = iter(accs)  # in the rows' order, each row's seeds in turn: a row's ACC is its seeds' mean
     same = sum(same_acc([next(run_accs) for _ in row["seeds"]], row["acc"]) for row in rows)
     print(f"{trials} trials of {plan.space.source} ({plan.cfg.benchmark}, train.epochs={plan.cfg.train.epochs}, FIFO), "
@@ -448,6 +494,8 @@ def main(argv):
     print(f"| plain loop, one process | {loop_seconds:.1f} | 1.00× | {loop_seconds / pair_seconds:.2f}× | | |")
     print(f"| two plain processes, no Ray (this machine's ceiling) | {pair_seconds:.1f} | "
           f"{loop_seconds / pair_seconds:.2f}× | 1.00× | | |")
+    print(f"| hand-written Ray Tune script, same runs, nothing else (Ray Tune's floor) | {bare_seconds:.1f} | "
+          f"{loop_seconds / bare_seconds:.2f}× | {bare_seconds / pair_seconds:.2f}× | | |")
     print()
     inside, turnaround = slot_idle(rows)
     print(f"Where the default sweep's time goes besides its trials' compute: the driver process used "

@@ -355,6 +355,16 @@ def slot_idle(rows):
     return statistics.median(inside), statistics.median(turnaround)
 
 
+def seed_streams(settings, params_list):
+    """Each seed's task stream, made from the first run on that seed, as a trial makes its own."""
+    streams = {}
+    for params in params_list:
+        cfg = planning.trial_run_config(settings, params)
+        if cfg.seed not in streams:
+            streams[cfg.seed] = stream_for(cfg, cfg.seed)
+    return streams
+
+
 def loop(plan_args, params_list):
     """Train the runs one after another in this process, each on its own seed's stream and with the trials'
     thread count, as a trial would; returns (seconds, ACCs)."""
@@ -362,11 +372,9 @@ def loop(plan_args, params_list):
     started = time.perf_counter()
     settings = plan.run_settings()
     apply_threads(settings["threads"])
-    streams, accs = {}, []
+    streams, accs = seed_streams(settings, params_list), []
     for params in params_list:
         cfg = planning.trial_run_config(settings, params)
-        if cfg.seed not in streams:
-            streams[cfg.seed] = stream_for(cfg, cfg.seed)
         try:
             accs.append(make_trainer(cfg, streams[cfg.seed], log=None).run().to_dict()["acc"])
         except FloatingPointError:  # diverged: the sweep's row ends so too, with no ACC
@@ -417,11 +425,8 @@ def bare_tune(plan_args, params_list, parallel: int, scratch: Path) -> float:
     started = time.perf_counter()
     ray.init(address="local", num_cpus=preflight.machine_cpus(), include_dashboard=False, log_to_driver=False,
              logging_level="ERROR")
-    settings, streams = plan.run_settings(), {}
-    for params in params_list:  # each seed's stream, as the plain loop makes it
-        cfg = planning.trial_run_config(settings, params)
-        if cfg.seed not in streams:
-            streams[cfg.seed] = ray.put(stream_for(cfg, cfg.seed))
+    settings = plan.run_settings()
+    streams = {seed: ray.put(stream) for seed, stream in seed_streams(settings, params_list).items()}
     trial = plan.cfg.trial
     with environment.scoped(environment.TUNE_SETTINGS):
         tune.Tuner(
